@@ -1,0 +1,1 @@
+"""normviz's built-in plugins: each module is exactly what a third-party plugin looks like."""

@@ -1,0 +1,166 @@
+"""Built-in statistics: what normviz records about every site by default, plus opt-in extras.
+
+Each statistic is computed on the device from a :class:`~normviz.record.stats.SiteTensor`
+and never synchronises with the host. Widths are fixed per site, so a run's rows
+have a fixed size; per-channel series hold at most ``max_channels`` channels
+(evenly spaced, the indices are stored).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from normviz.datatypes import Register, Site, Statistic
+from normviz.hookspecs import hookimpl
+from normviz.record import stats as S
+
+
+def _one(site: Site) -> int:
+    return 1
+
+
+def _stored(site: Site) -> int:
+    return site.stored_channels
+
+
+def _is_norm(site: Site) -> bool:
+    return site.kind is not None and site.kind != "none"
+
+
+def _levels(ctx: S.SiteTensor, levels: tuple[float, ...]) -> torch.Tensor:
+    key = f"levels:{levels}"
+    if key not in ctx.state:
+        ctx.state[key] = torch.tensor(levels, dtype=torch.float32, device=ctx.x.device)
+    return ctx.state[key]
+
+
+def _select(ctx: S.SiteTensor, values: torch.Tensor) -> torch.Tensor:
+    index = ctx.state.get("channel_index")
+    return values if index is None else values.index_select(0, index)
+
+
+def _channel_mean(ctx: S.SiteTensor) -> torch.Tensor:
+    return _select(ctx, ctx.moments()[0])
+
+
+def _channel_var(ctx: S.SiteTensor) -> torch.Tensor:
+    return _select(ctx, ctx.moments()[1])
+
+
+def _pooled(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if "pooled" not in ctx._cache:
+        ctx._cache["pooled"] = S.pooled_moments(*ctx.moments())
+    return ctx._cache["pooled"]  # type: ignore[return-value]
+
+
+def _extrema(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if "extrema" not in ctx._cache:
+        ctx._cache["extrema"] = torch.aminmax(ctx.x.float() if ctx.x.dtype == torch.bool else ctx.x)
+    return ctx._cache["extrema"]  # type: ignore[return-value]
+
+
+def _group(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if "group" not in ctx._cache:
+        mean_c, var_c = ctx.moments()
+        ctx._cache["group"] = S.group_moments(ctx.x, ctx.spec, mean_c, var_c, ctx.gen) if ctx.spec else None
+    return ctx._cache["group"]  # type: ignore[return-value]
+
+
+def _group_summary(ctx: S.SiteTensor, which: int) -> torch.Tensor:
+    g = _group(ctx)
+    levels = _levels(ctx, S.GROUP_LEVELS)
+    if g is None:
+        return torch.full((len(S.GROUP_LEVELS),), float("nan"), device=ctx.x.device)
+    return S.quantiles(g[which], levels)
+
+
+def _hist(ctx: S.SiteTensor) -> torch.Tensor:
+    edges = ctx.state.get("edges")
+    if edges is None:
+        lo, hi = _extrema(ctx)
+        edges = ctx.state["edges"] = S.first_edges(lo.float(), hi.float(), S.HIST_BINS)
+    return S.histogram(ctx.sample(), edges)
+
+
+def _channel_percentiles(ctx: S.SiteTensor) -> torch.Tensor:
+    rows = ctx.as_channels()
+    index = ctx.state.get("channel_index")
+    if index is not None:
+        rows = rows.index_select(0, index)
+    k = min(rows.shape[1], 1024)
+    pick = torch.randint(0, rows.shape[1], (k,), generator=ctx.gen, device=rows.device)
+    sample = rows.index_select(1, pick)
+    levels = _levels(ctx, S.PERCENTILE_LEVELS)
+    return torch.stack([S.quantiles(r, levels) for r in sample.unbind(0)]).reshape(-1)
+
+
+BUILTIN_STATISTICS: tuple[Statistic, ...] = (
+    Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)"),
+    Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)"),
+    Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)"),
+    Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)"),
+    Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)"),
+    Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)"),
+    Statistic(
+        "percentiles",
+        lambda c: S.quantiles(c.sample(), _levels(c, S.PERCENTILE_LEVELS)),
+        lambda s: len(S.PERCENTILE_LEVELS),
+        f"percentiles {S.PERCENTILE_LEVELS} of a {S.SAMPLE_SIZE}-value random sample (exact on the sample)",
+    ),
+    Statistic(
+        "hist",
+        _hist,
+        lambda s: S.HIST_BINS + 2,
+        f"histogram of the sample: underflow, {S.HIST_BINS} bins between edges fixed at the first recorded step, overflow",
+        dtype="float64",
+    ),
+    Statistic(
+        "nonfinite",
+        lambda c: (~torch.isfinite(c.x)).sum().to(torch.float64).reshape(1),
+        _one,
+        "count of NaN and ±inf values (exact)",
+        dtype="float64",
+    ),
+    Statistic(
+        "numel",
+        lambda c: torch.full((1,), float(c.x.numel()), dtype=torch.float64, device=c.x.device),
+        _one,
+        "number of values",
+        dtype="float64",
+    ),
+    Statistic(
+        "group_mean",
+        lambda c: _group_summary(c, 0),
+        lambda s: len(S.GROUP_LEVELS),
+        f"percentiles {S.GROUP_LEVELS} over the normalization groups of their means",
+        applies=_is_norm,
+    ),
+    Statistic(
+        "group_scale",
+        lambda c: _group_summary(c, 1),
+        lambda s: len(S.GROUP_LEVELS),
+        f"percentiles {S.GROUP_LEVELS} over the normalization groups of their std (RMS for rms norms)",
+        applies=_is_norm,
+    ),
+    Statistic(
+        "channel_percentiles",
+        _channel_percentiles,
+        lambda s: s.stored_channels * len(S.PERCENTILE_LEVELS),
+        "opt-in: per-channel percentiles from up to 1024 values per channel",
+        default=False,
+    ),
+    Statistic(
+        "sample",
+        lambda c: c.sample(),
+        lambda s: S.SAMPLE_SIZE,
+        "opt-in: the random value sample itself",
+        default=False,
+    ),
+)
+
+
+@hookimpl
+def normviz_register_statistics(register: Register[Statistic]) -> None:
+    """Register the built-in statistics."""
+    for statistic in BUILTIN_STATISTICS:
+        register(statistic)

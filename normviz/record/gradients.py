@@ -1,0 +1,162 @@
+"""Gradient statistics of every layer with parameters, read at the optimizer step.
+
+Gradients are read by a global optimizer step pre-hook: at that moment they are
+complete (every micro-batch accumulated), unscaled (``GradScaler.step`` unscales
+before calling ``optimizer.step``) and clipped, whatever the loop does with
+``zero_grad`` before or after. The matching post-hook measures the update
+‖Δw‖/‖w‖. If no optimizer of the model steps (a hand-written update), the
+gradients are read when ``Recorder.step()`` is called instead.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from normviz.record.recorder import Recorder
+
+
+def _norms(tensors: list[torch.Tensor], order: float) -> torch.Tensor:
+    """Per-tensor vector norms in float32, batched with ``_foreach_norm`` where it exists."""
+    try:
+        return torch.stack(torch._foreach_norm(tensors, order, dtype=torch.float32))
+    except (AttributeError, RuntimeError, TypeError):
+        return torch.stack([torch.linalg.vector_norm(t, order, dtype=torch.float32) for t in tensors])
+
+
+class GradientTracker:
+    """Per-layer gradient norm, mean and max |grad|, weight norm and update ratio."""
+
+    def __init__(self, recorder: Recorder, layers: list[tuple[str, nn.Module]]) -> None:
+        self._recorder = weakref.proxy(recorder)
+        self._names: list[str] = []
+        self._params: list[nn.Parameter] = []
+        owner: list[int] = []
+        for name, module in layers:
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not params:
+                continue
+            for p in params:
+                self._params.append(p)
+                owner.append(len(self._names))
+            self._names.append(name)
+        self._owner = owner
+        self._param_ids = {id(p) for p in self._params}
+        self._ours: dict[int, bool] = {}
+        self._index = {n: i for i, n in enumerate(self._names)}
+        self._result: dict[str, torch.Tensor] = {}
+        self._snapshot: list[torch.Tensor] | None = None
+        self._weight_norm: torch.Tensor | None = None
+        self.last_lr: Any = None
+        self._present_cache: dict[tuple[tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._names)
+
+    def index_of(self, name: str) -> int | None:
+        return self._index.get(name)
+
+    def attach(self) -> list[Any]:
+        """Install the global optimizer hooks; returns their removable handles."""
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        return [register_optimizer_step_pre_hook(self._pre), register_optimizer_step_post_hook(self._post)]
+
+    def reset(self) -> None:
+        self._result = {}
+        self._snapshot = None
+        self._weight_norm = None
+
+    def result(self, stat: str, device: torch.device | None) -> torch.Tensor:
+        """The [n_layers] tensor of *stat* for the step being closed (NaN where unknown)."""
+        if not self._result and self._params:
+            self._compute()  # no optimizer of ours stepped: read the gradients now
+        t = self._result.get(stat)
+        if t is None:
+            t = torch.full((self.n_layers,), math.nan, device=device)
+        return t
+
+    # -- optimizer hooks ------------------------------------------------------------------------
+    def _is_ours(self, optimizer: torch.optim.Optimizer) -> bool:
+        key = id(optimizer)
+        if key not in self._ours:
+            self._ours[key] = any(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"])
+        return self._ours[key]
+
+    def _pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            if not self._is_ours(optimizer):
+                return None
+            self.last_lr = optimizer.param_groups[0].get("lr")
+            if not self._recorder._armed or not self._params:
+                return None
+            self._compute()
+            with torch.no_grad():
+                self._snapshot = torch._foreach_mul([p.detach() for p in self._params], 1.0)
+        except ReferenceError:
+            return None
+        return None
+
+    def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            if self._snapshot is None or not self._is_ours(optimizer) or self._weight_norm is None:
+                return None
+            with torch.no_grad():
+                deltas = torch._foreach_sub([p.detach() for p in self._params], self._snapshot)
+                sq = _norms(deltas, 2.0).square()
+                layer_sq = torch.zeros(self.n_layers, device=sq.device).index_add_(0, self._owner_t(sq.device), sq)
+                self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
+            self._snapshot = None
+        except ReferenceError:
+            return None
+        return None
+
+    def _owner_t(self, device: torch.device) -> torch.Tensor:
+        cache = getattr(self, "_owner_cache", None)
+        if cache is None or cache.device != device:
+            cache = torch.tensor(self._owner, device=device, dtype=torch.long)
+            self._owner_cache = cache
+        return cache
+
+    def _present_index(self, present: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Owner layer and element count of the parameters that have a gradient (cached)."""
+        key = (present, device)
+        cached = self._present_cache.get(key)
+        if cached is None:
+            owner = torch.tensor([self._owner[i] for i in present], device=device, dtype=torch.long)
+            numel = torch.tensor([float(self._params[i].numel()) for i in present], device=device)
+            cached = self._present_cache[key] = (owner, numel)
+        return cached
+
+    def _compute(self) -> None:
+        """Gradient and weight statistics of every layer, on the device, no host sync."""
+        with torch.no_grad():
+            present = [i for i, p in enumerate(self._params) if p.grad is not None]
+            device = self._params[0].device
+            owner = self._owner_t(device)
+            weights = [p.detach() for p in self._params]
+            w_sq = _norms(weights, 2.0).square()
+            self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(0, owner, w_sq).sqrt()
+            self._result = {"weight_norm": self._weight_norm}
+            if not present:
+                return
+            grads = [self._params[i].grad.detach() for i in present]  # type: ignore[union-attr]
+            sub_owner, numel = self._present_index(tuple(present), device)
+            l2 = _norms(grads, 2.0).square()
+            l1 = _norms(grads, 1.0)
+            linf = _norms(grads, math.inf)
+            zeros = torch.zeros(self.n_layers, device=device)
+            have = zeros.index_add(0, sub_owner, torch.ones_like(l1))
+            nan = torch.full_like(zeros, math.nan)
+            self._result["grad_norm"] = torch.where(have > 0, zeros.index_add(0, sub_owner, l2).sqrt(), nan)
+            abs_sum = zeros.index_add(0, sub_owner, l1)
+            count = zeros.index_add(0, sub_owner, numel)
+            self._result["grad_abs_mean"] = torch.where(have > 0, abs_sum / count.clamp_min(1.0), nan)
+            amax = zeros.scatter_reduce(0, sub_owner, linf, reduce="amax", include_self=False)
+            self._result["grad_abs_max"] = torch.where(have > 0, amax, nan)

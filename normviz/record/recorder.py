@@ -1,0 +1,662 @@
+"""The Recorder: attach to a model, compute statistics on the device, hand rows to the writer.
+
+Step semantics: ``rec.step()`` is called once per optimizer step, after
+``optimizer.step()``. Step ``k`` (counted by ``step()`` calls from 0) is recorded when
+``k % every == 0``: the forward passes of that step (in training mode), the
+gradients just before the optimizer applies them, and the module state after.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from normviz.datatypes import NormSpec, Site, Statistic
+from normviz.errors import NormvizError, UsageError
+from normviz.plugins import PluginHost, get_plugin_host
+from normviz.record import stats as S
+from normviz.record.gradients import GradientTracker
+from normviz.store import schema
+from normviz.store.layout import LayerEntry, Layout, SiteEntry, StatEntry
+from normviz.store.writer import RunWriter
+
+#: Default cap on stored per-channel series (evenly spaced channels beyond it).
+MAX_CHANNELS = 64
+MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
+
+
+class _SiteState:
+    __slots__ = ("site", "spec", "stats", "ctx_state", "index")
+
+    def __init__(self, site: Site, spec: NormSpec | None, stats: list[Statistic], ctx_state: dict[str, Any]) -> None:
+        self.site = site
+        self.spec = spec
+        self.stats = stats
+        self.ctx_state = ctx_state
+        self.index = -1
+
+
+class _LayerHook:
+    """The forward hook of one module. Returns None: a hook's return value replaces the output."""
+
+    __slots__ = ("recorder", "name", "spec", "is_norm")
+
+    def __init__(self, recorder: Recorder, name: str, spec: NormSpec | None) -> None:
+        self.recorder = recorder
+        self.name = name
+        self.spec = spec
+        self.is_norm = spec is not None
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        rec = self.recorder
+        if not rec._armed or not rec._model_ref_training():
+            return None
+        call = rec._calls.get(self.name, 0)
+        rec._calls[self.name] = call + 1
+        try:
+            with torch.no_grad():
+                if self.is_norm and args and isinstance(args[0], torch.Tensor):
+                    rec._observe(self.name, module, "input", call, args[0], self.spec)
+                out = _first_tensor(output)
+                if out is not None:
+                    rec._observe(self.name, module, "output", call, out, self.spec)
+            if out is not None and out.requires_grad and torch.is_grad_enabled():
+                out.register_hook(_GradNormHook(rec, f"{self.name}|output|{call}"))
+        except Exception as exc:  # noqa: BLE001 - recording must never break training
+            rec._disable_layer(self.name, exc)
+        return None
+
+
+class _GradNormHook:
+    """Tensor hook on a layer's output: the norm of the gradient flowing out of the layer."""
+
+    __slots__ = ("recorder", "key")
+
+    def __init__(self, recorder: Recorder, key: str) -> None:
+        self.recorder = recorder
+        self.key = key
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        rec = self.recorder
+        if rec._armed:
+            with torch.no_grad():
+                rec._results.setdefault(self.key, {})["output_grad_norm"] = torch.linalg.vector_norm(
+                    grad, dtype=torch.float32
+                ).reshape(1)
+        return None
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """The tensor a module returned, or the first tensor of a tuple/list/dict output."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            if isinstance(v, torch.Tensor):
+                return v
+    if isinstance(value, Mapping):
+        for v in value.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    return None
+
+
+def output_channel_dim(module: nn.Module) -> int:
+    """Channel dim of an ordinary layer's output: 1 for convolutions, last otherwise."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 1
+    return -1
+
+
+class Recorder:
+    """Record per-layer statistics of a model's training into an HDF5 run file.
+
+    Parameters
+    ----------
+    model:
+        The model being trained. Every norm layer (input and output) and every layer
+        with parameters (output) is recorded.
+    path:
+        The run file to create. An existing file is never overwritten unless
+        ``overwrite=True``.
+    every:
+        Record every ``every``-th step (step 0 always). Scalars are kept for every step.
+    label, meta:
+        A label for plots, and extra JSON-serialisable metadata.
+    experiment, norm_kind:
+        Stored in the metadata; ``norm_kind`` defaults to the kinds found in the model.
+    max_channels:
+        Per-channel series keep at most this many (evenly spaced) channels.
+    statistics:
+        Opt-in statistics to enable, as names (all layers) or a mapping from name to
+        layer-name patterns (``fnmatch``), e.g. ``{"channel_percentiles": ["fc*"]}``.
+    flush_every, flush_secs:
+        How often rows are published to the file; a crash loses at most this much.
+    on_error:
+        ``"warn"`` (default) or ``"raise"``: what a write failure does (see :class:`RunWriter`).
+    plugins:
+        A :class:`~normviz.plugins.PluginHost`; default: built-ins and installed plugins.
+    seed:
+        Seed of the recorder's own sampling generator (the global RNGs are never used).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str | os.PathLike[str],
+        *,
+        every: int = 1,
+        label: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        experiment: str | None = None,
+        norm_kind: str | None = None,
+        max_channels: int = MAX_CHANNELS,
+        statistics: Iterable[str] | Mapping[str, Sequence[str]] = (),
+        flush_every: int = 10,
+        flush_secs: float = 5.0,
+        on_error: str = "warn",
+        overwrite: bool = False,
+        plugins: PluginHost | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise UsageError(f"every must be a positive integer, got {every!r}")
+        if on_error not in ("warn", "raise"):
+            raise UsageError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self.path = Path(path)
+        if self.path.exists():
+            if not overwrite:
+                raise NormvizError(f"{self.path}: file exists; normviz never overwrites a run (use overwrite=True)")
+            self.path.unlink()
+        if not self.path.parent.is_dir():
+            raise NormvizError(f"{self.path.parent}: output folder does not exist")
+        self.every = every
+        self.label = label if label is not None else self.path.stem
+        self.experiment = experiment
+        self.max_channels = max(1, int(max_channels))
+        self._user_meta = dict(meta or {})
+        self._norm_kind = norm_kind
+        self._flush = (flush_every, flush_secs, on_error)
+        self._seed = seed
+        self._rank, self._world_size = _rank_world(rank, world_size)
+        self.host = plugins if plugins is not None else get_plugin_host()
+        all_stats = self.host.statistics()
+        self._opt_in = _parse_opt_in(statistics, all_stats)
+        self._statistics = all_stats
+        self._model = model
+        self._model_ref_training = lambda: model.training
+        self._step = 0
+        self._armed = True
+        self._calls: dict[str, int] = {}
+        self._results: dict[str, dict[str, torch.Tensor]] = {}
+        self._sites: dict[str, _SiteState] = {}
+        self._layout: Layout | None = None
+        self._writer: RunWriter | None = None
+        self._pending_scalars: list[tuple[int, float, dict[str, Any]]] = []
+        self._gens: dict[torch.device, torch.Generator] = {}
+        self._disabled_layers: set[str] = set()
+        self._disabled_stats: set[str] = set()
+        self._late_sites_warned = False
+        self._handles: list[Any] = []
+        self._closed = False
+        self._t0 = time.time()
+        self._layers: dict[str, tuple[nn.Module, NormSpec | None]] = {}
+        self._attach(model)
+        self._grads = GradientTracker(self, [(n, m) for n, (m, _) in self._layers.items()])
+        self._handles.extend(self._grads.attach())
+
+    # -- public API ---------------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def steps_seen(self) -> int:
+        """How many times :meth:`step` has been called."""
+        return self._step
+
+    def step(self, **scalars: Any) -> None:
+        """Close the current training step; call once per optimizer step, after ``optimizer.step()``.
+
+        Keyword arguments are scalars for this step (floats or 0-d tensors; tensors
+        are copied to the host in batches, never one by one).
+        """
+        if self._closed:
+            raise NormvizError("Recorder.step() called after close()")
+        if self._writer is not None:
+            self._writer.check()
+        step = self._step
+        lr = self._grads.last_lr
+        if lr is not None and "lr" not in scalars:
+            scalars["lr"] = lr
+        self._pending_scalars.append((step, time.time() - self._t0, scalars))
+        if self._armed:
+            self._record_row(step)
+        self._step += 1
+        self._armed = self._step % self.every == 0
+        self._results.clear()
+        self._calls.clear()
+        self._grads.reset()
+
+    def close(self) -> None:
+        """Write what is pending, remove every hook, close the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            if self._layout is None:
+                self._freeze()
+            self._send_scalars()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    # -- hooks side -----------------------------------------------------------------------------
+    def _attach(self, model: nn.Module) -> None:
+        self._handles.append(model.register_forward_pre_hook(_ResetCalls(self)))
+        for name, module in model.named_modules():
+            spec = self.host.classify(name, module)
+            has_params = any(True for _ in module.parameters(recurse=False))
+            if spec is None and not has_params:
+                continue
+            self._layers[name] = (module, spec)
+            self._handles.append(module.register_forward_hook(_LayerHook(self, name, spec)))
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        gen = self._gens.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self._seed)
+            self._gens[device] = gen
+        return gen
+
+    def _observe(
+        self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None
+    ) -> None:
+        if name in self._disabled_layers or not x.is_floating_point() or x.numel() == 0:
+            return
+        key = f"{name}|{role}|{call}"
+        st = self._sites.get(key)
+        if st is None:
+            st = self._new_site(name, module, role, call, x, spec)
+            if st is None:
+                return
+        ctx = S.SiteTensor(x.detach(), st.site, st.spec, self._gen(x.device), st.ctx_state)
+        out: dict[str, torch.Tensor] = self._results.setdefault(key, {})
+        for statistic in st.stats:
+            if statistic.name in self._disabled_stats:
+                continue
+            try:
+                out[statistic.name] = statistic.compute(ctx)
+            except Exception as exc:  # noqa: BLE001 - a failing statistic is disabled, training goes on
+                self._disabled_stats.add(statistic.name)
+                warnings.warn(
+                    f"normviz: statistic {statistic.name!r} ({self.host.owner('statistic', statistic.name)}) "
+                    f"raised {type(exc).__name__}: {exc}; it is disabled for this run",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    def _new_site(
+        self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None
+    ) -> _SiteState | None:
+        if self._layout is not None:
+            if not self._late_sites_warned:
+                warnings.warn(
+                    f"normviz: layer {name!r} first ran after the run's layout was fixed at step 0; "
+                    "layers first called later are not recorded",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._late_sites_warned = True
+            self._disabled_layers.add(name)
+            return None
+        cd = spec.channel_dim if spec is not None else output_channel_dim(module)
+        if x.dim() == 0:
+            cd, channels = -1, 1
+        else:
+            cd = cd % x.dim()
+            channels = int(x.shape[cd])
+        kind = spec.kind if spec is not None else None
+        stored = min(channels, self.max_channels)
+        site = Site(name, role, call, kind, type(module).__name__, channels, cd, stored)
+        ctx_state: dict[str, Any] = {}
+        if stored < channels:
+            ctx_state["channel_index"] = _channel_index(channels, stored, x.device)
+        stats = [
+            s
+            for s in self._statistics.values()
+            if (s.default or _opted_in(self._opt_in, s.name, name)) and s.applies(site)
+        ]
+        st = _SiteState(site, spec, stats, ctx_state)
+        self._sites[site.key] = st
+        return st
+
+    def _disable_layer(self, name: str, exc: BaseException) -> None:
+        if name not in self._disabled_layers:
+            self._disabled_layers.add(name)
+            warnings.warn(
+                f"normviz: recording layer {name!r} failed ({type(exc).__name__}: {exc}); the layer is skipped",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    # -- step side --------------------------------------------------------------------------------
+    def _freeze(self) -> None:
+        """Fix the layout from what the first recorded step saw, and open the file."""
+        sites = list(self._sites.values())
+        for i, st in enumerate(sites):
+            st.index = i
+        layers: list[LayerEntry] = []
+        calls: dict[str, int] = {}
+        for st in sites:
+            calls[st.site.layer] = max(calls.get(st.site.layer, 0), st.site.call + 1)
+        channels: dict[str, int] = {}
+        for st in sites:
+            if st.site.role == "input" or st.site.layer not in channels:
+                channels[st.site.layer] = st.site.channels
+        for name, (module, spec) in self._layers.items():
+            n_params = sum(p.numel() for p in module.parameters(recurse=False))
+            layers.append(
+                LayerEntry(
+                    name=name,
+                    kind=spec.kind if spec is not None else None,
+                    module_type=type(module).__name__,
+                    channels=channels.get(name),
+                    calls=calls.get(name, 0),
+                    channel_dim=spec.channel_dim if spec is not None else output_channel_dim(module),
+                    spec=None if spec is None else dict(spec.__dict__),
+                    grad_index=self._grads.index_of(name),
+                    n_params=n_params,
+                )
+            )
+        site_entries = [
+            SiteEntry(
+                st.site.layer,
+                st.site.role,
+                st.site.call,
+                st.site.kind,
+                st.site.module_type,
+                st.site.channels,
+                st.site.channel_dim,
+                None
+                if "channel_index" not in st.ctx_state
+                else [int(i) for i in st.ctx_state["channel_index"].tolist()],
+            )
+            for st in sites
+        ]
+        entries: list[StatEntry] = []
+        starts = {"f4": 0, "f8": 0}
+
+        def add(group: str, name: str, dtype: str, rows: list[int], widths: list[int], attrs: dict[str, Any]) -> None:
+            if not rows:
+                return
+            vec = "f8" if dtype == "float64" else "f4"
+            offsets = [0]
+            for w in widths:
+                offsets.append(offsets[-1] + w)
+            entries.append(StatEntry(group, name, dtype, rows, offsets, vec, starts[vec], attrs))
+            starts[vec] += offsets[-1]
+
+        stat_names: list[Statistic] = []
+        seen: set[str] = set()
+        for st in sites:
+            for s in st.stats:
+                if s.name not in seen:
+                    seen.add(s.name)
+                    stat_names.append(s)
+        for s in stat_names:
+            rows = [st.index for st in sites if any(x.name == s.name for x in st.stats)]
+            attrs: dict[str, Any] = {"description": s.description}
+            if s.name == "percentiles":
+                attrs["levels"] = list(S.PERCENTILE_LEVELS)
+            if s.name in ("group_mean", "group_scale"):
+                attrs["levels"] = list(S.GROUP_LEVELS)
+            add(schema.ACT, s.name, s.dtype, rows, [s.width(sites[r].site) for r in rows], attrs)
+        out_rows = [st.index for st in sites if st.site.role == "output"]
+        add(schema.ACT, "output_grad_norm", "float32", out_rows, [1] * len(out_rows), {"description": "‖∂L/∂output‖"})
+        layer_index = {e.name: i for i, e in enumerate(layers)}
+        self._module_rows: list[tuple[str, int, str]] = []
+        for mstat in MODULE_STATS:
+            rows, widths = [], []
+            for name, (module, spec) in self._layers.items():
+                if spec is None or name in self._disabled_layers:
+                    continue
+                t = _module_tensor(module, mstat)
+                if t is not None:
+                    rows.append(layer_index[name])
+                    widths.append(min(t.numel(), self.max_channels))
+                    self._module_rows.append((mstat, layer_index[name], name))
+            add(schema.MODULE, mstat, "float32", rows, widths, {})
+        n_grad = self._grads.n_layers
+        for gstat in schema.GRAD_STATS:
+            add(schema.GRAD, gstat, "float32", list(range(n_grad)), [1] * n_grad, {})
+        self._layout = Layout(
+            layers=layers,
+            sites=site_entries,
+            stats=entries,
+            hist_bins=S.HIST_BINS,
+            sample_size=S.SAMPLE_SIZE,
+            percentile_levels=list(S.PERCENTILE_LEVELS),
+            group_levels=list(S.GROUP_LEVELS),
+            max_channels=self.max_channels,
+        )
+        self._nan = {}
+        edges = [
+            st.ctx_state.get("edges", torch.full((S.HIST_BINS + 1,), math.nan)).float().cpu() for st in sites
+        ]
+        edges_arr = torch.stack(edges).numpy() if edges else np.zeros((0, S.HIST_BINS + 1), np.float32)
+        flush_every, flush_secs, on_error = self._flush
+        self._writer = RunWriter(
+            self.path, self._root_attrs(layers), flush_every=flush_every, flush_secs=flush_secs, on_error=on_error
+        )
+        self._writer.open(self._layout, edges_arr)
+
+    def _root_attrs(self, layers: list[LayerEntry]) -> dict[str, Any]:
+        from normviz import __version__
+
+        kinds = sorted({e.kind for e in layers if e.kind is not None})
+        if self._norm_kind is not None:
+            norm_kind = self._norm_kind
+        elif not kinds:
+            norm_kind = "none"
+        else:
+            norm_kind = kinds[0] if len(kinds) == 1 else "mixed"
+        meta = {
+            "label": self.label,
+            "experiment": self.experiment,
+            "norm_kind": norm_kind,
+            "rank": self._rank,
+            "world_size": self._world_size,
+            "every": self.every,
+            "max_channels": self.max_channels,
+            "model": {
+                "class": type(self._model).__name__,
+                "parameters": sum(p.numel() for p in self._model.parameters()),
+                "summary": repr(self._model)[:20000],
+            },
+            "versions": {
+                "normviz": __version__,
+                "torch": torch.__version__,
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+            },
+            "user": self._user_meta,
+        }
+        return {
+            "schema": schema.SCHEMA_NAME,
+            "schema_version": schema.SCHEMA_VERSION,
+            "normviz_version": __version__,
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "meta": meta,
+        }
+
+    def _record_row(self, step: int) -> None:
+        if self._layout is None:
+            if not self._sites:
+                return  # nothing ran in training mode yet: wait for a step that did
+            self._freeze()
+        layout = self._layout
+        assert layout is not None and self._writer is not None
+        site_keys = [e.key for e in layout.sites]
+        parts: dict[str, list[torch.Tensor]] = {"f4": [], "f8": []}
+        device = None
+        for st in layout.stats:
+            if st.group == schema.ACT:
+                for i, r in enumerate(st.rows):
+                    t = self._results.get(site_keys[r], {}).get(st.name)
+                    w = st.offsets[i + 1] - st.offsets[i]
+                    if t is None or t.numel() != w:
+                        t = self._nan_fill(w, st.vec, device)
+                    else:
+                        device = t.device if device is None else device
+                    parts[st.vec].append(t.reshape(-1))
+            elif st.group == schema.MODULE:
+                for i, r in enumerate(st.rows):
+                    module = self._layers[layout.layers[r].name][0]
+                    w = st.offsets[i + 1] - st.offsets[i]
+                    t = _module_tensor(module, st.name)
+                    if t is None or t.numel() < w:
+                        t = self._nan_fill(w, "f4", device)
+                    else:
+                        t = t.detach().reshape(-1).float()
+                        if t.numel() > w:
+                            t = t.index_select(0, _channel_index(t.numel(), w, t.device))
+                    parts["f4"].append(t)
+            elif st.group == schema.GRAD:
+                parts["f4"].append(self._grads.result(st.name, device))
+        vectors = {}
+        target = device if device is not None else torch.device("cpu")
+        for vec, items in parts.items():
+            dtype = torch.float32 if vec == "f4" else torch.float64
+            if not items:
+                vectors[vec] = torch.zeros(0, dtype=dtype)
+                continue
+            flat = torch.cat([t.to(device=target, dtype=dtype) for t in items])
+            vectors[vec] = flat
+        event = None
+        if target.type == "cuda":
+            host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in vectors.items()}
+            for k, v in vectors.items():
+                host[k].copy_(v, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            vectors = host
+        else:
+            vectors = {k: v.cpu() for k, v in vectors.items()}
+        self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event)
+        self._send_scalars()
+
+    def _nan_fill(self, width: int, vec: str, device: torch.device | None) -> torch.Tensor:
+        dtype = torch.float32 if vec == "f4" else torch.float64
+        return torch.full((width,), math.nan, dtype=dtype, device=device)
+
+    def _send_scalars(self) -> None:
+        if self._writer is None or not self._pending_scalars:
+            return
+        tensors: list[torch.Tensor] = []
+        where: list[tuple[int, str]] = []
+        rows: list[tuple[int, dict[str, float]]] = []
+        for i, (step, wall, values) in enumerate(self._pending_scalars):
+            row: dict[str, float] = {"wall_time": wall}
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    if value.numel() != 1:
+                        continue
+                    tensors.append(value.detach().reshape(()).to(torch.float64))
+                    where.append((i, name))
+                else:
+                    try:
+                        row[name] = float(value)
+                    except (TypeError, ValueError):
+                        continue
+            rows.append((step, row))
+        if tensors:
+            devices = {t.device for t in tensors}
+            stacked = torch.stack([t.to(tensors[0].device) for t in tensors]) if len(devices) > 1 else torch.stack(tensors)
+            values = stacked.cpu().tolist()  # one copy for all pending steps
+            for (i, name), v in zip(where, values):
+                rows[i][1][name] = v
+        self._pending_scalars.clear()
+        self._writer.write_scalars(rows)
+
+
+class _ResetCalls:
+    """Root forward pre-hook: a new forward pass starts counting module calls from 0."""
+
+    __slots__ = ("recorder",)
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = weakref.proxy(recorder)
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        self.recorder._calls.clear()
+        return None
+
+
+def _module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    t = getattr(module, name, None)
+    if isinstance(t, torch.Tensor) and t.dim() == 1 and t.is_floating_point():
+        return t
+    return None
+
+
+def _channel_index(channels: int, stored: int, device: torch.device) -> torch.Tensor:
+    return torch.linspace(0, channels - 1, stored, device=device).round().long()
+
+
+def _parse_opt_in(
+    statistics: Iterable[str] | Mapping[str, Sequence[str]], known: Mapping[str, Statistic]
+) -> dict[str, list[str]]:
+    if isinstance(statistics, str):
+        statistics = [statistics]
+    if isinstance(statistics, Mapping):
+        parsed = {k: list(v) if not isinstance(v, str) else [v] for k, v in statistics.items()}
+    else:
+        parsed = {k: ["*"] for k in statistics}
+    for name in parsed:
+        if name not in known:
+            raise UsageError(f"unknown statistic {name!r}; known: {', '.join(sorted(known))}")
+    return parsed
+
+
+def _opted_in(opt_in: Mapping[str, list[str]], stat: str, layer: str) -> bool:
+    return any(fnmatch.fnmatchcase(layer, pat) for pat in opt_in.get(stat, ()))
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                rank = dist.get_rank() if rank is None else rank
+                world_size = dist.get_world_size() if world_size is None else world_size
+        except Exception:  # noqa: BLE001
+            pass
+    if rank is None:
+        rank = int(os.environ.get("RANK", 0))
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world_size

@@ -1,0 +1,192 @@
+"""Pure on-device reductions used while recording.
+
+Every function takes tensors on any device and returns tensors on the same device,
+computed in float32 under no_grad. None of them synchronises with the host: no
+``.item()``, no Python conversion of a tensor, no data-dependent shapes, no
+``torch.quantile`` (it checks its ``q`` on the host). This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from normviz.datatypes import NormSpec
+
+#: Percentile levels of each site's value sample (Ioffe & Szegedy's 15/50/85, Wu & He's 1/20/80/99).
+PERCENTILE_LEVELS: tuple[float, ...] = (1.0, 5.0, 15.0, 20.0, 50.0, 80.0, 85.0, 95.0, 99.0)
+#: Percentile levels of the normalization groups' means and scales.
+GROUP_LEVELS: tuple[float, ...] = (0.0, 5.0, 25.0, 50.0, 75.0, 95.0, 100.0)
+#: Values drawn (with replacement, own generator) per site and recorded step.
+SAMPLE_SIZE = 4096
+#: Histogram bins between the fixed edges (plus one underflow and one overflow bin).
+HIST_BINS = 64
+#: At most this many normalization groups enter the group summary (a random subset beyond).
+MAX_GROUPS = 65536
+
+
+def reduce_dims(ndim: int, channel_dim: int) -> tuple[int, ...]:
+    """All dims except the channel dim."""
+    cd = channel_dim % ndim
+    return tuple(d for d in range(ndim) if d != cd)
+
+
+def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and population variance of *x*, float32, exact to ~1e-6 relative.
+
+    Sums in float32 lose precision when |mean| >> std, so values are shifted by one
+    element of their own channel first (stateless, and as good as any shift of
+    order one std); the upcast of bf16/fp16 happens inside that subtraction.
+    """
+    if x.dim() == 0:
+        x = x.reshape(1)
+    cd = channel_dim % x.dim()
+    dims = reduce_dims(x.dim(), cd)
+    index: list[int | slice] = [0] * x.dim()
+    index[cd] = slice(None)
+    shift = x[tuple(index)].float()
+    view = [1] * x.dim()
+    view[cd] = -1
+    shift_b = shift.reshape(view)
+    d = x - shift_b if x.dtype == torch.float32 else x.float() - shift_b
+    n = x.numel() // max(x.shape[cd], 1)
+    if dims:
+        s1 = d.sum(dims)
+        s2 = torch.linalg.vector_norm(d, 2, dims).square()
+    else:
+        s1, s2 = d, d.square()
+    m = s1 / n
+    var = (s2 / n - m.square()).clamp_min(0.0)
+    return shift + m, var
+
+
+def pooled_moments(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global mean and std from per-channel moments of equal-size channels."""
+    mean = mean_c.mean()
+    var = var_c.mean() + (mean_c - mean).square().mean()
+    return mean, var.clamp_min(0.0).sqrt()
+
+
+def draw_sample(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """*size* values of *x* drawn uniformly with replacement, as float32.
+
+    ``torch.take`` indexes in logical order without copying a non-contiguous input.
+    """
+    idx = torch.randint(0, x.numel(), (size,), generator=gen, device=x.device)
+    return torch.take(x, idx).float()
+
+
+def quantiles(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Percentiles (``levels`` in [0, 100]) of *values* ignoring NaN; NumPy's "linear" method.
+
+    Written with sort + gather because ``torch.quantile`` synchronises on CUDA.
+    All-NaN input gives NaN.
+    """
+    values = values.reshape(-1)
+    srt = torch.sort(values).values  # NaN sort last
+    n_valid = (~torch.isnan(values)).sum()
+    pos = levels / 100.0 * (n_valid - 1).clamp_min(0).to(levels.dtype)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max((n_valid - 1).clamp_min(0))
+    frac = pos - lo.to(pos.dtype)
+    q = torch.lerp(srt[lo], srt[hi], frac)
+    return torch.where(n_valid > 0, q, torch.full_like(q, math.nan))
+
+
+def first_edges(vmin: torch.Tensor, vmax: torch.Tensor, bins: int = HIST_BINS) -> torch.Tensor:
+    """Histogram edges fixed at a layer's first recorded step: its range widened by 10%."""
+    finite = torch.isfinite(vmin) & torch.isfinite(vmax)
+    lo = torch.where(finite, vmin, torch.full_like(vmin, -1.0))
+    hi = torch.where(finite, vmax, torch.full_like(vmax, 1.0))
+    pad = torch.maximum((hi - lo) * 0.1, (lo.abs() + hi.abs()) * 1e-3 + 1e-6)
+    steps = torch.linspace(0.0, 1.0, bins + 1, device=vmin.device)
+    return (lo - pad) + steps * ((hi + pad) - (lo - pad))
+
+
+def histogram(sample: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Counts of *sample* in ``[e_i, e_{i+1})`` bins, with an underflow bin first and an
+    overflow bin last (a value equal to the last edge overflows); NaNs are not counted,
+    ±inf land in under/overflow. Returns float32 counts of length ``len(edges) + 1``.
+    """
+    idx = torch.bucketize(sample, edges, right=True)
+    weights = (~torch.isnan(sample)).float()
+    counts = torch.zeros(edges.numel() + 1, device=sample.device, dtype=torch.float32)
+    return counts.scatter_add_(0, idx.clamp_max(edges.numel()), weights)
+
+
+def group_rows(x: torch.Tensor, spec: NormSpec) -> torch.Tensor | None:
+    """*x* as a (groups, values per group) matrix for the spec's normalization groups."""
+    g = spec.group_dims
+    if x.dim() < 2 or g in (None, "batch"):
+        return None
+    if g == "trailing":
+        k = min(spec.normalized_ndim, x.dim())
+        return x.reshape(-1, math.prod(x.shape[x.dim() - k :]))
+    if g == "sample-channel":
+        return x.reshape(x.shape[0] * x.shape[1], -1)
+    if g == "group":
+        return x.reshape(x.shape[0] * spec.num_groups, -1)
+    if g == "channel":
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
+    return None
+
+
+def group_moments(
+    x: torch.Tensor, spec: NormSpec, mean_c: torch.Tensor, var_c: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Mean and scale (std, or RMS for uncentered norms) of every normalization group."""
+    if spec.group_dims == "batch":
+        if spec.centered:
+            return mean_c, var_c.sqrt()
+        return mean_c, (var_c + mean_c.square()).sqrt()
+    rows = group_rows(x, spec)
+    if rows is None or rows.numel() == 0:
+        return None
+    if rows.shape[0] > MAX_GROUPS:
+        pick = torch.randint(0, rows.shape[0], (MAX_GROUPS,), generator=gen, device=rows.device)
+        rows = rows.index_select(0, pick)
+    mean, var = channel_moments(rows, 0)
+    if spec.centered:
+        return mean, var.sqrt()
+    return mean, (var + mean.square()).sqrt()
+
+
+@dataclass
+class SiteTensor:
+    """What a :class:`~normviz.datatypes.Statistic` sees: one site's activation.
+
+    ``x`` is the detached tensor in its own dtype and layout; the float32 derived
+    quantities are computed once and shared between statistics.
+    """
+
+    x: torch.Tensor
+    site: object
+    spec: NormSpec | None
+    gen: torch.Generator
+    state: dict[str, object] = field(default_factory=dict)  # kept across steps (e.g. histogram edges)
+    _cache: dict[str, object] = field(default_factory=dict)  # this step only
+
+    @property
+    def channel_dim(self) -> int:
+        return self.site.channel_dim  # type: ignore[attr-defined]  # Site is duck-typed here
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (mean, variance), float32."""
+        if "moments" not in self._cache:
+            self._cache["moments"] = channel_moments(self.x, self.channel_dim)
+        return self._cache["moments"]  # type: ignore[return-value]
+
+    def sample(self) -> torch.Tensor:
+        """The site's bounded random value sample (:data:`SAMPLE_SIZE` values)."""
+        if "sample" not in self._cache:
+            self._cache["sample"] = draw_sample(self.x, SAMPLE_SIZE, self.gen)
+        return self._cache["sample"]  # type: ignore[return-value]
+
+    def as_channels(self) -> torch.Tensor:
+        """*x* as a float32 (channels, values) matrix (a copy for channels-first layouts)."""
+        if "channels" not in self._cache:
+            x = self.x if self.x.dim() > 0 else self.x.reshape(1)
+            self._cache["channels"] = x.movedim(self.channel_dim % x.dim(), 0).reshape(x.shape[self.channel_dim], -1).float()
+        return self._cache["channels"]  # type: ignore[return-value]

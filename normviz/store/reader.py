@@ -1,0 +1,361 @@
+"""Read run files: ``normviz.open(path) -> Run``. The only code that knows the file layout.
+
+Files are opened read-only in SWMR mode first: that reads a run still being
+written and one whose writer was killed (its consistency flags still set). Only
+rows published by the writer are visible; ``len(/steps/step)`` bounds every
+``[steps, ...]`` dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from normviz.errors import MissingDataError, RunFileError, SchemaError
+from normviz.store import schema
+from normviz.store.layout import Layout, SiteEntry
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A recorded layer as the reader reports it."""
+
+    name: str
+    kind: str | None
+    module_type: str
+    channels: int | None
+    calls: int
+    has_grads: bool
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """Open a normviz run file for reading (see :class:`Run`)."""
+    return Run(path)
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise RunFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a directory, not a run file")
+    if path.stat().st_size == 0:
+        raise RunFileError(f"{path}: empty file, not a normviz run")
+    errors = []
+    for kwargs in ({"swmr": True, "libver": "latest"}, {}):
+        try:
+            return h5py.File(path, "r", locking=False, **kwargs)
+        except (OSError, ValueError) as exc:
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    try:
+        is_hdf5 = h5py.is_hdf5(str(path))
+    except Exception:  # noqa: BLE001
+        is_hdf5 = False
+    if not is_hdf5:
+        raise RunFileError(f"{path}: not an HDF5 file (not a normviz run)")
+    raise RunFileError(f"{path}: damaged HDF5 file that cannot be opened ({errors[-1]})")
+
+
+class Run:
+    """A recorded run, read lazily from its file.
+
+    Attributes
+    ----------
+    path, meta, label, experiment, norm_kind, rank, world_size, schema_version:
+        Run metadata.
+    layers:
+        :class:`LayerInfo` per recorded layer, in model order.
+    steps:
+        Training step of each recorded row (the first axis of every statistic).
+
+    Every statistic accessor returns a NumPy array whose first axis is the recorded
+    step; ``steps=`` takes a slice of *recorded rows* to read only part of a run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._f = _open_h5(self.path)
+        try:
+            self._load()
+        except RunFileError:
+            self._f.close()
+            raise
+        except (KeyError, ValueError, OSError, TypeError, json.JSONDecodeError) as exc:
+            self._f.close()
+            raise RunFileError(f"{self.path}: damaged normviz run ({type(exc).__name__}: {exc})") from exc
+
+    # -- loading and validation ------------------------------------------------------------------
+    def _load(self) -> None:
+        f = self._f
+        name = f.attrs.get("schema")
+        if isinstance(name, bytes):
+            name = name.decode()
+        if name != schema.SCHEMA_NAME:
+            raise RunFileError(f"{self.path}: HDF5 file but not a normviz run (no 'schema' = {schema.SCHEMA_NAME!r})")
+        version = str(f.attrs.get("schema_version", ""))
+        try:
+            major = int(version.split(".")[0])
+        except ValueError as exc:
+            raise SchemaError(f"{self.path}: unreadable schema version {version!r}") from exc
+        if major > schema.SCHEMA_MAJOR:
+            raise SchemaError(
+                f"{self.path}: written with schema {version}, newer than this normviz reads "
+                f"({schema.SCHEMA_VERSION}); upgrade normviz"
+            )
+        self.schema_version = version
+        self.meta: dict[str, Any] = json.loads(f.attrs.get("meta", "{}"))
+        for required in (schema.LAYOUT, schema.STEP, schema.SCALAR_STEP, schema.SCALAR_VALUES, schema.SCALAR_NAMES):
+            if required not in f:
+                raise RunFileError(f"{self.path}: damaged normviz run: dataset /{required} is missing")
+        self.layout = Layout.from_json(bytes(f[schema.LAYOUT][()]).decode("utf-8"))
+        self._check_shapes()
+        self.refresh()
+
+    def _check_shapes(self) -> None:
+        for st in self.layout.stats:
+            path = f"{st.group}/{st.name}"
+            if path not in self._f:
+                raise RunFileError(f"{self.path}: damaged normviz run: dataset /{path} is missing")
+            ds = self._f[path]
+            if ds.ndim != 2 or ds.shape[1] != st.width:
+                raise RunFileError(
+                    f"{self.path}: damaged normviz run: /{path} has shape {ds.shape}, expected (steps, {st.width})"
+                )
+        edges = self._f.get(schema.HIST_EDGES)
+        if edges is not None and edges.shape != (len(self.layout.sites), self.layout.hist_bins + 1):
+            raise RunFileError(f"{self.path}: damaged normviz run: /{schema.HIST_EDGES} has shape {edges.shape}")
+
+    def refresh(self) -> None:
+        """Re-read the row counts: a file still being written shows its new rows."""
+        f = self._f
+        for path in [schema.STEP, schema.SCALAR_STEP, schema.SCALAR_VALUES, schema.WALL_TIME] + [
+            f"{st.group}/{st.name}" for st in self.layout.stats
+        ]:
+            if path in f:
+                f[path].refresh() if self._f.swmr_mode else None
+        n = f[schema.STEP].shape[0]
+        # A writer killed inside a flush may have extended some datasets and not others:
+        # only rows present everywhere count.
+        for st in self.layout.stats:
+            n = min(n, f[f"{st.group}/{st.name}"].shape[0])
+        self._n = n
+        self.steps: np.ndarray = f[schema.STEP][:n].astype(np.int64)
+        t = min(f[schema.SCALAR_STEP].shape[0], f[schema.SCALAR_VALUES].shape[0])
+        self._t = t
+        names = [bytes(b).decode("utf-8", "replace") for b in f[schema.SCALAR_NAMES][()]]
+        self._scalar_cols = {name: i for i, name in enumerate(names) if name}
+
+    # -- metadata ----------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return str(self.meta.get("label") or self.path.stem)
+
+    @property
+    def experiment(self) -> str | None:
+        return self.meta.get("experiment")
+
+    @property
+    def norm_kind(self) -> str:
+        return str(self.meta.get("norm_kind") or "none")
+
+    @property
+    def rank(self) -> int:
+        return int(self.meta.get("rank", 0))
+
+    @property
+    def world_size(self) -> int:
+        return int(self.meta.get("world_size", 1))
+
+    @property
+    def status(self) -> dict[str, int]:
+        """``clean`` (1 once closed normally), ``last_step`` recorded, ``steps_seen``."""
+        ds = self._f.get(schema.STATUS)
+        if ds is None:
+            return {"clean": 0, "last_step": -1, "steps_seen": 0}
+        if self._f.swmr_mode:
+            ds.refresh()
+        v = ds[()]
+        return {"clean": int(v[0]), "last_step": int(v[1]), "steps_seen": int(v[2])}
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        return [
+            LayerInfo(e.name, e.kind, e.module_type, e.channels, e.calls, e.grad_index is not None)
+            for e in self.layout.layers
+        ]
+
+    @property
+    def norm_layers(self) -> list[LayerInfo]:
+        """Layers that are norm layers (or norm slots of kind ``none``)."""
+        return [layer for layer in self.layers if layer.kind is not None]
+
+    @property
+    def sites(self) -> list[SiteEntry]:
+        return list(self.layout.sites)
+
+    @property
+    def statistics(self) -> dict[str, list[str]]:
+        """Names of the recorded statistics by group (``act``, ``grad``, ``module``)."""
+        out: dict[str, list[str]] = {g: [] for g in schema.GROUPS}
+        for st in self.layout.stats:
+            out[st.group].append(st.name)
+        return out
+
+    # -- statistics --------------------------------------------------------------------------------
+    def _site_index(self, layer: str, role: str, call: int) -> int:
+        for i, s in enumerate(self.layout.sites):
+            if s.layer == layer and s.role == role and s.call == call:
+                return i
+        known = sorted({s.layer for s in self.layout.sites})
+        raise MissingDataError(f"{self.path}: no recorded {role} of layer {layer!r} (call {call}); layers: {known}")
+
+    def _rows(self, steps: slice | None) -> slice:
+        s = steps if steps is not None else slice(None)
+        start, stop, stride = s.indices(self._n)
+        return slice(start, stop, stride)
+
+    def stat(
+        self, name: str, layer: str, role: str = "output", *, call: int = 0, steps: slice | None = None
+    ) -> np.ndarray:
+        """An activation statistic of one site: ``[steps]`` for one-value statistics, else ``[steps, width]``."""
+        st = self.layout.stat(schema.ACT, name)
+        if st is None:
+            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run")
+        idx = self._site_index(layer, role, call)
+        if idx not in st.rows:
+            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded for {role} of {layer!r}")
+        j = st.rows.index(idx)
+        lo, hi = st.offsets[j], st.offsets[j + 1]
+        data = self._f[f"{schema.ACT}/{name}"][self._rows(steps), lo:hi]
+        return data[:, 0] if st.width == len(st.rows) else data
+
+    def stat_all(self, name: str, *, steps: slice | None = None) -> tuple[list[SiteEntry], np.ndarray]:
+        """A one-value-per-site statistic for all its sites at once: ``(sites, [steps, n_sites])``."""
+        st = self.layout.stat(schema.ACT, name)
+        if st is None:
+            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run")
+        data = self._f[f"{schema.ACT}/{name}"][self._rows(steps), :]
+        if st.width != len(st.rows):
+            raise MissingDataError(f"{self.path}: statistic {name!r} has several values per site; use stat()")
+        return [self.layout.sites[r] for r in st.rows], data
+
+    def hist_edges(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
+        """The fixed histogram edges of one site (``hist_bins + 1`` values)."""
+        return self._f[schema.HIST_EDGES][self._site_index(layer, role, call)]
+
+    def channel_index(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
+        """Which channels the per-channel series of a site hold."""
+        site = self.layout.sites[self._site_index(layer, role, call)]
+        if site.channel_index is None:
+            return np.arange(site.channels)
+        return np.asarray(site.channel_index)
+
+    def grad(self, name: str, *, steps: slice | None = None) -> tuple[list[str], np.ndarray]:
+        """A gradient statistic for every layer with parameters: ``(layer names, [steps, layers])``."""
+        st = self.layout.stat(schema.GRAD, name)
+        if st is None:
+            raise MissingDataError(f"{self.path}: gradient statistic {name!r} was not recorded in this run")
+        names = [e.name for e in sorted(
+            (e for e in self.layout.layers if e.grad_index is not None), key=lambda e: e.grad_index or 0
+        )]
+        return names, self._f[f"{schema.GRAD}/{name}"][self._rows(steps), :]
+
+    def module_stat(self, name: str, layer: str, *, steps: slice | None = None) -> np.ndarray:
+        """A module tensor over training (``weight``, ``bias``, ``running_mean``, ``running_var``)."""
+        st = self.layout.stat(schema.MODULE, name)
+        index = next((i for i, e in enumerate(self.layout.layers) if e.name == layer), None)
+        if st is None or index is None or index not in st.rows:
+            raise MissingDataError(f"{self.path}: {name!r} of layer {layer!r} was not recorded")
+        j = st.rows.index(index)
+        return self._f[f"{schema.MODULE}/{name}"][self._rows(steps), st.offsets[j] : st.offsets[j + 1]]
+
+    def wall_time(self) -> np.ndarray:
+        """Seconds since the recorder started, per recorded row."""
+        return self._f[schema.WALL_TIME][: self._n]
+
+    @property
+    def scalar_names(self) -> list[str]:
+        return list(self._scalar_cols)
+
+    @property
+    def scalar_steps(self) -> np.ndarray:
+        """The training step of each scalar row (every step)."""
+        return self._f[schema.SCALAR_STEP][: self._t].astype(np.int64)
+
+    def scalar(self, name: str) -> np.ndarray:
+        """One scalar for every training step (NaN where it was not given)."""
+        col = self._scalar_cols.get(name)
+        if col is None:
+            raise MissingDataError(f"{self.path}: no scalar {name!r}; scalars: {self.scalar_names}")
+        return self._f[schema.SCALAR_VALUES][: self._t, col]
+
+    @property
+    def scalars(self) -> dict[str, np.ndarray]:
+        """Every scalar by name, one value per training step."""
+        values = self._f[schema.SCALAR_VALUES][: self._t]
+        return {name: values[:, col] for name, col in self._scalar_cols.items()}
+
+    # -- pandas ------------------------------------------------------------------------------------
+    def to_frame(self) -> Any:
+        """A tidy pandas DataFrame of the one-value statistics, percentiles and gradients.
+
+        Columns: ``run, experiment, norm_kind, step, layer, kind, role, call, stat, level, value``
+        (``level`` is the percentile level, NaN for other statistics).
+        """
+        import pandas as pd
+
+        frames = []
+        steps = self.steps
+        for st in self.layout.stats:
+            if st.group == schema.MODULE:
+                continue
+            data = self._f[f"{st.group}/{st.name}"][: self._n]
+            if st.group == schema.GRAD:
+                entries = sorted((e for e in self.layout.layers if e.grad_index is not None), key=lambda e: e.grad_index)
+                for e in entries:
+                    frames.append(self._frame(steps, e.name, e.kind, "params", 0, st.name, np.nan, data[:, e.grad_index]))
+                continue
+            levels = st.attrs.get("levels")
+            for j, r in enumerate(st.rows):
+                site = self.layout.sites[r]
+                lo, hi = st.offsets[j], st.offsets[j + 1]
+                if st.width == len(st.rows):
+                    frames.append(self._frame(steps, site.layer, site.kind, site.role, site.call, st.name, np.nan, data[:, lo]))
+                elif levels is not None and hi - lo == len(levels):
+                    for k, level in enumerate(levels):
+                        frames.append(
+                            self._frame(steps, site.layer, site.kind, site.role, site.call, st.name, level, data[:, lo + k])
+                        )
+        if not frames:
+            return pd.DataFrame(columns=["run", "experiment", "norm_kind", "step", "layer", "kind", "role", "call", "stat", "level", "value"])
+        frame = pd.concat(frames, ignore_index=True)
+        frame.insert(0, "norm_kind", self.norm_kind)
+        frame.insert(0, "experiment", self.experiment)
+        frame.insert(0, "run", self.label)
+        return frame
+
+    @staticmethod
+    def _frame(steps: np.ndarray, layer: str, kind: str | None, role: str, call: int, stat: str, level: float, values: np.ndarray) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(
+            {"step": steps, "layer": layer, "kind": kind, "role": role, "call": call, "stat": stat, "level": level, "value": values}
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, label={self.label!r}, norm_kind={self.norm_kind!r}, steps={len(self.steps)})"

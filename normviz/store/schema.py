@@ -1,0 +1,52 @@
+"""The on-disk schema of a normviz run file: every name and version in one place.
+
+Prose specification: ``docs/schema.md``. A run file is one HDF5 file:
+
+``/``                      attrs ``schema``, ``schema_version``, ``normviz_version``, ``created_utc``,
+                           ``meta`` (JSON: label, experiment, norm kind, rank, options, versions, ...)
+``/layout``                uint8 JSON text: layers, sites, statistics, scalar capacity (see :class:`Layout`)
+``/status``                int64 [3]: clean close flag, last recorded step, steps seen
+``/steps/step``            int64 [S]: the training step of each recorded row (the commit marker)
+``/steps/wall_time``       float64 [S]
+``/scalars/step``          int64 [T]: every training step
+``/scalars/values``        float64 [T, K]: one column per scalar name (NaN where absent)
+``/scalars/names``         S128 [K]: column names, "" for free columns
+``/act/<stat>``            float32 [S, W]: site statistics, the sites' columns side by side
+``/act/hist_edges``        float32 [n_sites, HIST_BINS + 1]
+``/grad/<stat>``           float32 [S, L]: one column per layer with parameters
+``/module/<stat>``         float32 [S, W]: module tensors (γ, β, running statistics), side by side
+
+Which columns of a flat ``[S, W]`` dataset belong to which site or layer is in
+``/layout`` (offsets), written once before any row.
+"""
+
+from __future__ import annotations
+
+SCHEMA_NAME = "normviz.run"
+SCHEMA_VERSION = "1.0"
+SCHEMA_MAJOR = 1
+
+LAYOUT = "layout"
+STATUS = "status"
+STEPS = "steps"
+STEP = "steps/step"
+WALL_TIME = "steps/wall_time"
+SCALAR_STEP = "scalars/step"
+SCALAR_VALUES = "scalars/values"
+SCALAR_NAMES = "scalars/names"
+HIST_EDGES = "act/hist_edges"
+
+ACT = "act"
+GRAD = "grad"
+MODULE = "module"
+GROUPS: tuple[str, ...] = (ACT, GRAD, MODULE)
+
+#: Status vector slots.
+STATUS_CLEAN, STATUS_LAST_STEP, STATUS_STEPS_SEEN = 0, 1, 2
+
+#: Scalar columns reserved up front (datasets cannot be added once SWMR is on).
+SCALAR_CAPACITY = 64
+SCALAR_NAME_BYTES = 128
+
+#: Gradient statistics, one value per layer with parameters.
+GRAD_STATS: tuple[str, ...] = ("grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio")

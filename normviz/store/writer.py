@@ -1,0 +1,297 @@
+"""The background writer: one thread owns the HDF5 file; the training thread only queues.
+
+Crash safety: the file is built under a temporary name, switched to SWMR mode once
+every dataset exists, flushed, and only then linked to its final name (a link
+never replaces an existing file). From then on rows are appended in blocks and
+published by ``flush()`` every ``flush_every`` recorded steps or ``flush_secs``
+seconds, whichever comes first; a process killed at any moment leaves a file
+that opens with every block published before the kill. ``/steps/step`` is
+extended last in each flush: it is the commit marker readers trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from normviz.store import schema
+from normviz.store.layout import Layout
+
+_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32}
+_CHUNK_BYTES = 256 * 1024
+_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "fletcher32": True}
+
+
+class RecordingError(RuntimeError):
+    """Writing the run file failed and the recorder was asked to stop the training."""
+
+
+def _chunks(width: int | None, itemsize: int) -> tuple[int, ...]:
+    if width is None:
+        return (4096,)
+    row_bytes = max(width * itemsize, 1)
+    if row_bytes > _CHUNK_BYTES * 4:
+        return (1, max(1, (_CHUNK_BYTES * 4) // itemsize))
+    return (int(min(1024, max(1, _CHUNK_BYTES // row_bytes))), max(width, 1))
+
+
+class RunWriter:
+    """Owns one run file on a background thread.
+
+    Parameters
+    ----------
+    path:
+        The final file name; it must not exist (checked again, atomically, when the
+        file appears).
+    attrs:
+        Root attributes (``meta`` is JSON-encoded).
+    flush_every, flush_secs:
+        Publish buffered rows after this many recorded steps or seconds. A crash
+        loses at most the rows since the last publication.
+    on_error:
+        ``"warn"``: a write failure (disk full, I/O error) warns once, stops
+        recording and keeps what was published; training goes on. ``"raise"``:
+        the next :meth:`check` raises :class:`RecordingError` in the training thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        attrs: Mapping[str, Any],
+        *,
+        flush_every: int = 10,
+        flush_secs: float = 5.0,
+        on_error: str = "warn",
+    ) -> None:
+        self.path = Path(path)
+        self.attrs = dict(attrs)
+        self.flush_every = max(1, int(flush_every))
+        self.flush_secs = float(flush_secs)
+        self.on_error = on_error
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=256)
+        self._thread = threading.Thread(target=self._run, name="normviz-writer", daemon=True)
+        self._file: h5py.File | None = None
+        self._layout: Layout | None = None
+        self._rows: list[tuple[int, float, np.ndarray, np.ndarray]] = []
+        self._scalar_rows: list[tuple[int, dict[str, float]]] = []
+        self._scalar_cols: dict[str, int] = {}
+        self._scalar_overflow_warned = False
+        self._last_flush = time.monotonic()
+        self._last_step = -1
+        self._steps_seen = 0
+        self._closed = False
+
+    # -- training-thread side -------------------------------------------------------------
+    def open(self, layout: Layout, hist_edges: np.ndarray | Any) -> None:
+        """Create the file (in the background) for *layout*."""
+        self._thread.start()
+        self._put(("open", (layout, hist_edges)))
+
+    def write_row(self, step: int, wall_time: float, f4: Any, f8: Any, event: Any = None) -> None:
+        """Queue one recorded step (CPU tensors or arrays; *event* guards a pending copy)."""
+        self._put(("row", (step, wall_time, f4, f8, event)))
+
+    def write_scalars(self, rows: list[tuple[int, dict[str, float]]], event: Any = None) -> None:
+        """Queue scalars for several training steps."""
+        self._put(("scalars", (rows, event)))
+
+    def check(self) -> None:
+        """Raise :class:`RecordingError` if writing failed and ``on_error="raise"``."""
+        if self.error is not None and self.on_error == "raise":
+            raise RecordingError(f"normviz: writing {self.path} failed: {self.error}") from self.error
+
+    def close(self) -> None:
+        """Publish everything queued, mark the file cleanly closed and wait for the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self._put(("close", None))
+            self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        if self.error is not None or not self._thread.is_alive():
+            return
+        self._queue.put(item)
+
+    # -- writer-thread side ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_secs if self.flush_secs > 0 else None)
+            except queue.Empty:
+                item = ("tick", None)
+            kind, payload = item
+            if self.error is None:
+                try:
+                    self._handle(kind, payload)
+                except Exception as exc:  # noqa: BLE001 - any I/O failure stops recording, never training
+                    self._fail(exc)
+            if kind == "close":
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        warnings.warn(
+            f"normviz: writing {self.path} failed ({type(exc).__name__}: {exc}); recording stopped, "
+            f"the steps written before are kept",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        try:
+            if self._file is not None:
+                self._file.close()
+        except Exception:  # noqa: BLE001 - the file is already in trouble; keep what was published
+            pass
+        self._file = None
+        # Drain so that the training thread never blocks on a full queue.
+        while True:
+            try:
+                kind, _ = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "close":
+                break
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "open":
+            self._create(*payload)
+        elif kind == "row":
+            step, wall, f4, f8, event = payload
+            if event is not None:
+                event.synchronize()
+            self._rows.append((step, wall, _as_numpy(f4), _as_numpy(f8)))
+            self._last_step = step
+        elif kind == "scalars":
+            rows, event = payload
+            if event is not None:
+                event.synchronize()
+            self._scalar_rows.extend(rows)
+            if rows:
+                self._steps_seen = max(self._steps_seen, rows[-1][0] + 1)
+        if kind == "close":
+            if self._file is not None:
+                self._flush(clean=True)
+                self._file.close()
+                self._file = None
+            return
+        due = len(self._rows) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_secs
+        if self._file is not None and due and (self._rows or self._scalar_rows):
+            self._flush(clean=False)
+
+    def _create(self, layout: Layout, hist_edges: Any) -> None:
+        self._layout = layout
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        f = h5py.File(tmp, "x", libver="latest", track_order=True)
+        try:
+            for key, value in self.attrs.items():
+                f.attrs[key] = json.dumps(value, sort_keys=True) if key == "meta" else value
+            f.create_dataset(schema.LAYOUT, data=np.frombuffer(layout.to_json().encode("utf-8"), dtype=np.uint8))
+            f.create_dataset(schema.STATUS, data=np.array([0, -1, 0], dtype=np.int64), track_times=False)
+            self._create_rows(f, schema.STEP, None, np.int64)
+            self._create_rows(f, schema.WALL_TIME, None, np.float64)
+            self._create_rows(f, schema.SCALAR_STEP, None, np.int64)
+            self._create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan)
+            f.create_dataset(
+                schema.SCALAR_NAMES, shape=(schema.SCALAR_CAPACITY,), dtype=f"S{schema.SCALAR_NAME_BYTES}"
+            )
+            edges = _as_numpy(hist_edges).astype(np.float32).reshape(len(layout.sites), layout.hist_bins + 1)
+            f.create_dataset(schema.HIST_EDGES, data=edges, track_times=False)
+            for st in layout.stats:
+                ds = self._create_rows(f, f"{st.group}/{st.name}", st.width, _DTYPES[st.dtype])
+                for key, value in st.attrs.items():
+                    ds.attrs[key] = value
+            f.swmr_mode = True
+            f.flush()
+            # Appear under the final name only now, and never over an existing file.
+            os.link(tmp, self.path)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.unlink()
+        self._file = f
+
+    @staticmethod
+    def _create_rows(f: h5py.File, name: str, width: int | None, dtype: Any, fill: float | None = None) -> h5py.Dataset:
+        shape = (0,) if width is None else (0, width)
+        maxshape = (None,) if width is None else (None, width)
+        kwargs = dict(_FILTERS) if width else {}
+        return f.create_dataset(
+            name,
+            shape=shape,
+            maxshape=maxshape,
+            dtype=dtype,
+            chunks=_chunks(width, np.dtype(dtype).itemsize),
+            fillvalue=fill,
+            track_times=False,
+            **kwargs,
+        )
+
+    def _flush(self, *, clean: bool) -> None:
+        f, layout = self._file, self._layout
+        assert f is not None and layout is not None
+        if self._rows:
+            f4 = np.stack([r[2] for r in self._rows]) if self._rows[0][2].size else None
+            f8 = np.stack([r[3] for r in self._rows]) if self._rows[0][3].size else None
+            for st in layout.stats:
+                block = (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width]  # type: ignore[index]
+                _append(f[f"{st.group}/{st.name}"], block.astype(_DTYPES[st.dtype], copy=False))
+            _append(f[schema.WALL_TIME], np.array([r[1] for r in self._rows], dtype=np.float64))
+        if self._scalar_rows:
+            self._append_scalars(f)
+        if self._rows:
+            # The commit marker goes last: readers trust len(/steps/step).
+            _append(f[schema.STEP], np.array([r[0] for r in self._rows], dtype=np.int64))
+            self._rows.clear()
+        f[schema.STATUS][:] = np.array([1 if clean else 0, self._last_step, self._steps_seen], dtype=np.int64)
+        f.flush()
+        self._last_flush = time.monotonic()
+
+    def _append_scalars(self, f: h5py.File) -> None:
+        names_ds = f[schema.SCALAR_NAMES]
+        block = np.full((len(self._scalar_rows), schema.SCALAR_CAPACITY), np.nan)
+        for i, (_, values) in enumerate(self._scalar_rows):
+            for name, value in values.items():
+                col = self._scalar_cols.get(name)
+                if col is None:
+                    if len(self._scalar_cols) >= schema.SCALAR_CAPACITY:
+                        if not self._scalar_overflow_warned:
+                            warnings.warn(
+                                f"normviz: more than {schema.SCALAR_CAPACITY} scalar names; {name!r} and later "
+                                "new names are not recorded",
+                                RuntimeWarning,
+                                stacklevel=1,
+                            )
+                            self._scalar_overflow_warned = True
+                        continue
+                    col = len(self._scalar_cols)
+                    self._scalar_cols[name] = col
+                    names_ds[col] = name.encode("utf-8")[: schema.SCALAR_NAME_BYTES]
+                block[i, col] = value
+        _append(f[schema.SCALAR_VALUES], block)
+        _append(f[schema.SCALAR_STEP], np.array([s for s, _ in self._scalar_rows], dtype=np.int64))
+        self._scalar_rows.clear()
+
+
+def _append(ds: h5py.Dataset, block: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + block.shape[0], axis=0)
+    ds[n:] = block
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    return value.numpy()  # a CPU tensor: the recorder made the one copy already
