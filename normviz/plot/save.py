@@ -13,7 +13,10 @@ older figure of the same name stays intact until the new one is complete.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -24,7 +27,7 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 
-__all__ = ["FORMATS", "parse_formats", "save_figure", "save_all"]
+__all__ = ["FORMATS", "parse_formats", "save_all", "save_figure"]
 
 #: Output formats normviz writes, in the order ``normviz plot`` lists them.
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg", "pgf")
@@ -41,7 +44,7 @@ _METADATA: dict[str, dict[str, Any] | None] = {
 
 # Settings read at save time that decide whether output is publishable and
 # reproducible; forced whatever style (or none) is active.
-_SAVE_RC: dict[str, Any] = {
+_SAVE_RC: dict[Any, Any] = {
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
     "svg.hashsalt": "normviz",
@@ -52,7 +55,8 @@ def _check_format(fmt: str) -> str:
     name = str(fmt).strip().lower().lstrip(".")
     if name not in FORMATS:
         raise ValueError(
-            f"unknown figure format {str(fmt).strip()!r}; valid formats are: {', '.join(FORMATS)}"
+            f"unknown figure format {str(fmt).strip()!r}; "
+            f"valid formats are: {', '.join(FORMATS)}"
         )
     return name
 
@@ -82,14 +86,17 @@ def parse_formats(spec: str | Iterable[str]) -> tuple[str, ...]:
         if str(item).strip():
             formats[_check_format(item)] = None
     if not formats:
-        raise ValueError(f"no figure format given; valid formats are: {', '.join(FORMATS)}")
+        raise ValueError(
+            f"no figure format given; valid formats are: {', '.join(FORMATS)}"
+        )
     return tuple(formats)
 
 
 def _savefig_kwargs(fmt: str, dpi: float | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"format": fmt}
-    if _METADATA[fmt] is not None:
-        kwargs["metadata"] = dict(_METADATA[fmt])
+    metadata = _METADATA[fmt]
+    if metadata is not None:
+        kwargs["metadata"] = dict(metadata)
     if dpi is not None:
         kwargs["dpi"] = dpi
     return kwargs
@@ -119,6 +126,35 @@ def _tex_missing_error() -> RuntimeError | None:
     )
 
 
+_SVG_CLIP_ID = re.compile(rb'<clipPath id="(p[0-9a-f]{10})">')
+
+
+def _canonical_svg_ids(data: bytes) -> bytes:
+    """Rename SVG clip-path ids so that they do not depend on float noise.
+
+    matplotlib names a clip rectangle by hashing the repr of its float
+    coordinates. Those vary in the last bits from one draw of the same figure
+    to the next (the layout is recomputed at each save), so a fixed
+    ``svg.hashsalt`` alone does not give identical files when a figure is
+    saved twice, or after it was saved as PNG. The clip rectangles
+    themselves are written rounded and do not vary, so ids derived from the
+    rest of the document are stable.
+    """
+    old_ids = list(dict.fromkeys(_SVG_CLIP_ID.findall(data)))
+    if not old_ids:
+        return data
+    # NUL cannot occur in XML, so the placeholders cannot clash with content.
+    for i, old in enumerate(old_ids):
+        data = data.replace(b"#" + old + b")", b"#\0%d\0)" % i)
+        data = data.replace(b'id="' + old + b'"', b'id="\0%d\0"' % i)
+    # A prefix from the document keeps ids of different figures apart when
+    # several SVGs are inlined in one HTML page.
+    prefix = hashlib.sha256(data).hexdigest()[:6].encode()
+    for i in range(len(old_ids)):
+        data = data.replace(b"\0%d\0" % i, b"p" + prefix + b"%04x" % i)
+    return data
+
+
 def _save_single(fig: Figure, path: Path, kwargs: dict[str, Any]) -> None:
     # A random suffix and exclusive creation avoid clashing with a concurrent
     # save of the same figure; the leading dot hides the file from listings.
@@ -127,7 +163,12 @@ def _save_single(fig: Figure, path: Path, kwargs: dict[str, Any]) -> None:
         # open() honours the umask, unlike mkstemp's 0600, so the final file
         # gets the same permissions as any other file the user writes.
         with open(tmp, "xb") as fh:
-            fig.savefig(fh, **kwargs)
+            if kwargs["format"] == "svg":
+                buffer = io.BytesIO()
+                fig.savefig(buffer, **kwargs)
+                fh.write(_canonical_svg_ids(buffer.getvalue()))
+            else:
+                fig.savefig(fh, **kwargs)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -142,7 +183,9 @@ def _save_pgf(fig: Figure, path: Path, kwargs: dict[str, Any]) -> None:
     # name, so the .pgf must be written under its final name: stage it in a
     # private folder next to the destination, then move the images and the
     # .pgf last, so a .pgf in place never points at a missing image.
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    stage = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    )
     try:
         staged = stage / path.name
         try:
