@@ -18,29 +18,29 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import TypeAlias, Union
+from typing import TypeAlias
 
 __all__ = [
-    "LineStyle",
-    "OKABE_ITO",
     "CYCLE",
-    "KIND_ORDER",
+    "FALLBACK_COLORS",
     "KIND_COLORS",
     "KIND_LINESTYLES",
     "KIND_MARKERS",
-    "FALLBACK_COLORS",
+    "KIND_ORDER",
     "LABEL_COLORS",
+    "OKABE_ITO",
+    "LineStyle",
     "kind_color",
     "kind_linestyle",
     "kind_marker",
     "kind_sort_key",
-    "sort_kinds",
     "label_colors",
+    "sort_kinds",
 ]
 
 #: A matplotlib line style: a named style or an ``(offset, (on, off, ...))``
 #: dash pattern.
-LineStyle: TypeAlias = Union[str, tuple[float, tuple[float, ...]]]
+LineStyle: TypeAlias = str | tuple[float, tuple[float, ...]]
 
 #: Okabe & Ito's colour-blind-safe palette, by name.
 OKABE_ITO: dict[str, str] = {
@@ -233,4 +233,6 @@ def label_colors(labels: Iterable[str], *, sort: bool = True) -> dict[str, str]:
     distinct = list(dict.fromkeys(labels))
     if sort:
         distinct.sort()
-    return {label: LABEL_COLORS[i % len(LABEL_COLORS)] for i, label in enumerate(distinct)}
+    return {
+        label: LABEL_COLORS[i % len(LABEL_COLORS)] for i, label in enumerate(distinct)
+    }

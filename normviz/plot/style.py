@@ -29,11 +29,11 @@ from matplotlib.figure import Figure
 __all__ = [
     "STYLES",
     "STYLE_DIR",
-    "style_path",
-    "style_context",
-    "figure_width",
     "figure_size",
+    "figure_width",
     "new_figure",
+    "style_context",
+    "style_path",
 ]
 
 #: Names of the built-in styles; ``"paper"`` is the default of ``normviz plot``.
@@ -59,7 +59,9 @@ _RC_OVERRIDES: dict[str, Any] = {"svg.hashsalt": "normviz"}
 
 def _check_name(name: str) -> str:
     if name not in STYLES:
-        raise ValueError(f"unknown style {name!r}; valid styles are: {', '.join(STYLES)}")
+        raise ValueError(
+            f"unknown style {name!r}; valid styles are: {', '.join(STYLES)}"
+        )
     return name
 
 
@@ -74,16 +76,20 @@ def style_path(name: str) -> Path:
     return STYLE_DIR / f"{_check_name(name)}.mplstyle"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _style_figsize(name: str) -> tuple[float, float]:
     # The style file is the one place the sizes are written down; read them
     # back instead of repeating them here.
-    rc = matplotlib.rc_params_from_file(str(style_path(name)), use_default_template=False)
+    rc = matplotlib.rc_params_from_file(
+        str(style_path(name)), use_default_template=False
+    )
     width, height = rc["figure.figsize"]
     return float(width), float(height)
 
 
-def style_context(name: str, *, after_reset: bool = True) -> AbstractContextManager[None]:
+def style_context(
+    name: str, *, after_reset: bool = True
+) -> AbstractContextManager[None]:
     """Context manager applying style ``name`` to matplotlib's rcParams.
 
     The previous rcParams are restored on exit, also on error.

@@ -32,11 +32,19 @@ UNKNOWN = ["dyt", "mixed", "weight", "scale", "power", "batch-renorm", "switchab
 
 def test_kind_order():
     assert KIND_ORDER == ("batch", "layer", "instance", "group", "rms", "none")
-    assert set(KIND_COLORS) == set(KIND_LINESTYLES) == set(KIND_MARKERS) == set(KIND_ORDER)
+    assert (
+        set(KIND_COLORS) == set(KIND_LINESTYLES) == set(KIND_MARKERS) == set(KIND_ORDER)
+    )
 
 
 def test_all_colours_are_valid_hex():
-    colours = [*OKABE_ITO.values(), *KIND_COLORS.values(), *CYCLE, *FALLBACK_COLORS, *LABEL_COLORS]
+    colours = [
+        *OKABE_ITO.values(),
+        *KIND_COLORS.values(),
+        *CYCLE,
+        *FALLBACK_COLORS,
+        *LABEL_COLORS,
+    ]
     colours += [kind_color(k) for k in UNKNOWN]
     for colour in colours:
         assert HEX.match(colour), colour
@@ -46,8 +54,14 @@ def test_all_colours_are_valid_hex():
 def test_okabe_ito_values():
     # The published palette; a typo here would silently break colour-blind safety.
     assert set(OKABE_ITO.values()) == {
-        "#000000", "#E69F00", "#56B4E9", "#009E73",
-        "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+        "#000000",
+        "#E69F00",
+        "#56B4E9",
+        "#009E73",
+        "#F0E442",
+        "#0072B2",
+        "#D55E00",
+        "#CC79A7",
     }
     assert set(CYCLE) == set(OKABE_ITO.values())
     assert len(CYCLE) == len(set(CYCLE))
@@ -104,8 +118,13 @@ def test_unknown_kinds_spread_over_fallbacks():
 
 @pytest.mark.parametrize("kind", [*KIND_ORDER, *UNKNOWN])
 def test_styles_are_accepted_by_matplotlib(kind):
-    line = Line2D([0, 1], [0, 1], color=kind_color(kind), linestyle=kind_linestyle(kind),
-                  marker=kind_marker(kind))
+    line = Line2D(
+        [0, 1],
+        [0, 1],
+        color=kind_color(kind),
+        linestyle=kind_linestyle(kind),
+        marker=kind_marker(kind),
+    )
     assert line.get_marker() == kind_marker(kind)
     MarkerStyle(kind_marker(kind))
 
@@ -117,12 +136,35 @@ def test_yellow_is_not_used_for_lines():
 
 
 def test_sort_kinds():
-    kinds = ["none", "dyt", "layer", "batch", "mixed", "layer", "rms", "group", "instance"]
-    assert sort_kinds(kinds) == ["batch", "layer", "instance", "group", "rms", "dyt", "mixed", "none"]
+    kinds = [
+        "none",
+        "dyt",
+        "layer",
+        "batch",
+        "mixed",
+        "layer",
+        "rms",
+        "group",
+        "instance",
+    ]
+    assert sort_kinds(kinds) == [
+        "batch",
+        "layer",
+        "instance",
+        "group",
+        "rms",
+        "dyt",
+        "mixed",
+        "none",
+    ]
     assert sort_kinds([]) == []
     # Duplicates that differ in case collapse; the first spelling is kept.
     assert sort_kinds(["Layer", "layer", "batch"]) == ["batch", "Layer"]
-    assert sorted(["none", "zeta", "batch"], key=kind_sort_key) == ["batch", "zeta", "none"]
+    assert sorted(["none", "zeta", "batch"], key=kind_sort_key) == [
+        "batch",
+        "zeta",
+        "none",
+    ]
 
 
 def test_label_colors_sorted_and_order_independent():

@@ -1,17 +1,14 @@
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-matplotlib.use("Agg")  # headless: never open a window from the tests
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
-
-from normviz.plot.palette import CYCLE  # noqa: E402
-from normviz.plot.style import (  # noqa: E402
+from normviz.plot.palette import CYCLE
+from normviz.plot.style import (
     STYLE_DIR,
     STYLES,
     figure_size,
@@ -22,8 +19,12 @@ from normviz.plot.style import (  # noqa: E402
 )
 
 FONT_KEYS = (
-    "font.size", "axes.titlesize", "axes.labelsize", "xtick.labelsize",
-    "ytick.labelsize", "legend.fontsize",
+    "font.size",
+    "axes.titlesize",
+    "axes.labelsize",
+    "xtick.labelsize",
+    "ytick.labelsize",
+    "legend.fontsize",
 )
 
 
@@ -70,8 +71,10 @@ def test_context_applies_style_and_restores_rcparams(name):
 def test_palette_is_the_colour_cycle(name):
     # The .mplstyle files repeat palette.CYCLE; keep the two in step.
     with style_context(name):
-        colours = [to_hex(c, keep_alpha=False).upper()
-                   for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
+        colours = [
+            to_hex(c, keep_alpha=False).upper()
+            for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        ]
     assert colours == list(CYCLE)
 
 
@@ -87,9 +90,8 @@ def test_paper_fonts_are_readable_at_print_size():
 
 def test_context_restores_rcparams_after_error():
     before = rc_snapshot()
-    with pytest.raises(KeyError):
-        with style_context("slides"):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), style_context("slides"):
+        raise KeyError("boom")
     assert rc_snapshot() == before
 
 
@@ -133,7 +135,13 @@ def test_height_grows_with_rows_and_is_capped():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"height_ratio": 0}, {"height_ratio": -1.0}, {"nrows_hint": 0}, {"nrows_hint": 1.5}]
+    "kwargs",
+    [
+        {"height_ratio": 0},
+        {"height_ratio": -1.0},
+        {"nrows_hint": 0},
+        {"nrows_hint": 1.5},
+    ],
 )
 def test_bad_size_arguments(kwargs):
     with pytest.raises(ValueError):
