@@ -73,6 +73,9 @@ def probe_norm(module: nn.Module) -> NormSpec | None:
         probe = copy.deepcopy(module).float().cpu().eval()
     except Exception:  # noqa: BLE001 - an uncopyable module is simply not probed
         return None
+    # The copy carries the user's hooks: running them on probe data would have side effects.
+    for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+        getattr(probe, hooks, {}).clear()
     gen = torch.Generator().manual_seed(0)
     layouts = (("last", (3, 2, channels)), ("first", (3, channels, 2, 2)))
     for layout, shape in layouts:

@@ -256,6 +256,14 @@ class Recorder:
         self._calls.clear()
         self._grads.reset()
 
+    def flush(self) -> None:
+        """Publish every step recorded so far to the file and wait for it (the file is
+        flushed in the background anyway, every ``flush_every`` steps or ``flush_secs``)."""
+        if self._writer is not None:
+            self._send_scalars()
+            self._writer.flush()
+            self._writer.check()
+
     def close(self) -> None:
         """Write what is pending, remove every hook, close the file. Idempotent."""
         if self._closed:

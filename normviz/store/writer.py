@@ -106,6 +106,14 @@ class RunWriter:
         """Queue scalars for several training steps."""
         self._put(("scalars", (rows, event)))
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Publish everything queued so far and wait until it is on disk (True) or failed."""
+        if self.error is not None or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        return done.wait(timeout) and self.error is None
+
     def check(self) -> None:
         """Raise :class:`RecordingError` if writing failed and ``on_error="raise"``."""
         if self.error is not None and self.on_error == "raise":
@@ -117,7 +125,7 @@ class RunWriter:
             return
         self._closed = True
         if self._thread.is_alive():
-            self._put(("close", None))
+            self._queue.put(("close", None))  # delivered even after a failure: the thread waits for it
             self._thread.join()
 
     def _put(self, item: tuple[str, Any]) -> None:
@@ -138,6 +146,8 @@ class RunWriter:
                     self._handle(kind, payload)
                 except Exception as exc:  # noqa: BLE001 - any I/O failure stops recording, never training
                     self._fail(exc)
+            if kind == "flush" and not payload.is_set():
+                payload.set()
             if kind == "close":
                 return
 
@@ -162,6 +172,7 @@ class RunWriter:
             except queue.Empty:
                 break
             if kind == "close":
+                self._queue.put(("close", None))
                 break
 
     def _handle(self, kind: str, payload: Any) -> None:
@@ -180,6 +191,11 @@ class RunWriter:
             self._scalar_rows.extend(rows)
             if rows:
                 self._steps_seen = max(self._steps_seen, rows[-1][0] + 1)
+        if kind == "flush":
+            if self._file is not None and (self._rows or self._scalar_rows):
+                self._flush(clean=False)
+            payload.set()
+            return
         if kind == "close":
             if self._file is not None:
                 self._flush(clean=True)

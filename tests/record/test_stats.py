@@ -1,0 +1,119 @@
+"""On-device reductions against float64 NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from normviz.datatypes import NormSpec
+from normviz.record import stats as S
+
+
+@pytest.mark.parametrize("shape,cd", [((8, 5, 4, 3), 1), ((6, 7, 9), -1), ((30, 4), 1), ((30, 4), -1)])
+def test_channel_moments_match_float64(shape, cd):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen) * 3 + 50  # |mean|/std ~ 17: needs the shift
+    mean, var = S.channel_moments(x, cd)
+    ref = x.double().movedim(cd % x.dim(), 0).reshape(x.shape[cd], -1).numpy()
+    np.testing.assert_allclose(mean.numpy(), ref.mean(1), rtol=1e-4)
+    np.testing.assert_allclose(var.numpy(), ref.var(1), rtol=1e-4)
+
+
+def test_channel_moments_large_offset_and_bf16():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 16, 8, generator=gen) + 100.0  # |mean|/std = 100: the accuracy bound's edge
+    mean, var = S.channel_moments(x, 1)
+    ref = x.double().transpose(0, 1).reshape(16, -1).numpy()
+    np.testing.assert_allclose(var.numpy(), ref.var(1), rtol=1e-4)
+    xb = x.to(torch.bfloat16)
+    mean_b, var_b = S.channel_moments(xb, 1)
+    ref_b = xb.double().transpose(0, 1).reshape(16, -1).numpy()
+    np.testing.assert_allclose(var_b.numpy(), ref_b.var(1), rtol=1e-4)
+    assert mean_b.dtype == torch.float32
+
+
+def test_pooled_moments():
+    x = torch.randn(10, 6, 5, dtype=torch.float32) * 2 + 1
+    m, s = S.pooled_moments(*S.channel_moments(x, 1))
+    assert m.item() == pytest.approx(x.double().mean().item(), rel=1e-5)
+    assert s.item() == pytest.approx(x.double().std(unbiased=False).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 4096])
+def test_quantiles_match_numpy_linear(n):
+    v = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    levels = torch.tensor(S.PERCENTILE_LEVELS)
+    np.testing.assert_allclose(S.quantiles(v, levels).numpy(), np.percentile(v.numpy(), S.PERCENTILE_LEVELS), rtol=1e-6, atol=1e-6)
+
+
+def test_quantiles_ignore_nan_and_all_nan():
+    v = torch.tensor([1.0, float("nan"), 3.0, 2.0])
+    q = S.quantiles(v, torch.tensor([0.0, 50.0, 100.0]))
+    assert q.tolist() == [1.0, 2.0, 3.0]
+    assert torch.isnan(S.quantiles(torch.full((3,), float("nan")), torch.tensor([50.0]))).all()
+
+
+def test_histogram_counts_with_under_and_overflow():
+    sample = torch.tensor([-5.0, 0.0, 0.5, 0.99, 1.0, 2.0, float("inf"), float("-inf"), float("nan")])
+    edges = torch.tensor([0.0, 0.5, 1.0])
+    counts = S.histogram(sample, edges).tolist()
+    # underflow: -5, -inf; [0, .5): 0; [.5, 1): .5, .99; overflow: 1.0, 2.0, inf; NaN not counted
+    assert counts == [2.0, 1.0, 2.0, 3.0]
+
+
+def test_first_edges_cover_range_and_handle_constant_and_nan():
+    e = S.first_edges(torch.tensor(-1.0), torch.tensor(3.0), 8)
+    assert e.numel() == 9 and e[0] < -1 and e[-1] > 3 and torch.all(e[1:] > e[:-1])
+    e = S.first_edges(torch.tensor(2.0), torch.tensor(2.0), 4)
+    assert torch.all(e[1:] > e[:-1])
+    e = S.first_edges(torch.tensor(float("nan")), torch.tensor(float("nan")), 4)
+    assert torch.isfinite(e).all()
+
+
+def _groups_ref(x: np.ndarray, how: str, g: int = 1) -> np.ndarray:
+    if how == "trailing":
+        return x.reshape(-1, x.shape[-1])
+    if how == "sample-channel":
+        return x.reshape(x.shape[0] * x.shape[1], -1)
+    if how == "group":
+        return x.reshape(x.shape[0] * g, -1)
+    if how == "channel":
+        return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "spec,shape",
+    [
+        (NormSpec("layer", -1, "trailing"), (4, 6, 10)),
+        (NormSpec("rms", -1, "trailing", centered=False), (4, 6, 10)),
+        (NormSpec("instance", 1, "sample-channel"), (3, 4, 5, 5)),
+        (NormSpec("group", 1, "group", num_groups=2), (3, 4, 5, 5)),
+        (NormSpec("layer", 1, "channel"), (3, 4, 5, 5)),
+    ],
+)
+def test_group_moments(spec, shape):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen) * 2 + 5
+    mean_c, var_c = S.channel_moments(x, spec.channel_dim)
+    means, scales = S.group_moments(x, spec, mean_c, var_c, gen)
+    rows = _groups_ref(x.double().numpy(), spec.group_dims, spec.num_groups)
+    np.testing.assert_allclose(means.numpy(), rows.mean(1), rtol=1e-4)
+    ref_scale = rows.std(1) if spec.centered else np.sqrt((rows**2).mean(1))
+    np.testing.assert_allclose(scales.numpy(), ref_scale, rtol=1e-4)
+
+
+def test_group_moments_batch_uses_channels():
+    x = torch.randn(20, 3, 4)
+    mean_c, var_c = S.channel_moments(x, 1)
+    means, scales = S.group_moments(x, NormSpec("batch"), mean_c, var_c, torch.Generator())
+    assert torch.equal(means, mean_c) and torch.allclose(scales, var_c.sqrt())
+
+
+def test_draw_sample_noncontiguous_uses_own_generator():
+    x = torch.arange(24.0).reshape(2, 3, 4).transpose(0, 2)
+    state = torch.get_rng_state()
+    s = S.draw_sample(x, 100, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert set(s.tolist()) <= set(range(24))
