@@ -1,0 +1,5 @@
+"""``python -m normviz``."""
+
+from normviz.cli import main
+
+main()

@@ -1,0 +1,390 @@
+"""The ``normviz`` command line: thin click commands over the library.
+
+Exit codes: 0 done; 1 the work failed (a plugin raised, a training crashed; the rest
+still ran); 2 bad usage or bad input. Errors are one line on stderr, with no
+traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from normviz import __version__
+from normviz.errors import NormvizError
+
+RUNS_DIR = Path("normviz-runs")
+FIGURES_DIR = Path("normviz-figures")
+
+
+class _Failed(Exception):
+    """The work ran but part of it failed: exit 1 after everything else was done."""
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _new_run_folder(base: Path) -> Path:
+    """A new ``<base>/<YYYYmmdd-HHMMSS>[-N]/`` folder; never reuses one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        folder = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise NormvizError(f"{base}: cannot create a new run folder")
+
+
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=quiet or None, leave=False, file=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="normviz")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """See what normalization does inside a neural network: record, then plot."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("script", required=False, type=click.Path(dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--experiment", "-e", "experiments", help="Built-in experiments, comma-separated (see --list).")
+@click.option("--list", "list_", is_flag=True, help="List the built-in experiments and exit.")
+@click.option("--norm", help="Norm kinds to run, comma-separated (default: every kind that applies).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per run.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Record every N-th step.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), help="Output folder (built-ins) or FILE.h5 (a script).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def record(
+    script: str | None,
+    script_args: Sequence[str],
+    experiments: str | None,
+    list_: bool,
+    norm: str | None,
+    steps: int | None,
+    every: int,
+    device: str,
+    seed: int,
+    out: str | None,
+    quiet: bool,
+) -> None:
+    """Record runs: the built-in experiments (default: the seed's MLP and CNN) or SCRIPT."""
+    from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
+    from normviz.experiments.registry import iter_runs, run_experiment
+
+    if list_:
+        for exp in EXPERIMENTS.values():
+            default = " (default)" if exp.name in DEFAULT_EXPERIMENTS else ""
+            click.echo(f"{exp.name:<14} {','.join(exp.kinds):<40} {exp.description}{default}")
+        return
+    if script is not None:
+        raise NormvizError(
+            f"{script}: recording an unmodified script is not supported in this version yet; "
+            "use normviz.Recorder in the script"
+        )
+    names = _split(experiments) or list(DEFAULT_EXPERIMENTS)
+    for name in names:
+        if name not in EXPERIMENTS:
+            raise NormvizError(f"unknown experiment {name!r} (--experiment); known: {', '.join(EXPERIMENTS)}")
+    kinds = _split(norm)
+    known_kinds = {k for n in names for k in EXPERIMENTS[n].kinds}
+    for kind in kinds or []:
+        if kind not in known_kinds:
+            raise NormvizError(f"unknown norm kind {kind!r} (--norm) for {', '.join(names)}; known: {', '.join(sorted(known_kinds))}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NormvizError("--device cuda: no CUDA device is available")
+    plan = list(iter_runs(names, kinds))
+    if not plan:
+        raise NormvizError("nothing to run: no experiment has the requested norm kinds (--norm)")
+    if out is not None:
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise NormvizError(f"{folder}: --out must be a folder for built-in experiments")
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = _new_run_folder(RUNS_DIR)
+    total = sum(steps or exp.steps for exp, _ in plan)
+    failed = []
+    with _progress(total, "recording", quiet) as bar:
+        for exp, kind in plan:
+            path = folder / f"{exp.name}-{kind}.h5"
+            bar.set_postfix_str(path.name)
+            try:
+                losses = run_experiment(exp, kind, path, steps=steps, every=every, seed=seed, device=device, progress=bar.update)
+            except NormvizError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
+                failed.append(f"{path.name}: {type(exc).__name__}: {exc}")
+                continue
+            last = f"{losses[-1]:.4g}" if losses else "n/a"
+            click.echo(f"{path}\tfinal loss {last}")
+    click.echo(f"runs written to {folder}", err=True)
+    if failed:
+        raise _Failed("; ".join(failed))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, type=click.Path())
+@click.option("--renderer", "-r", "renderers", help="Renderers, comma-separated (default: every one).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--format", "formats", default="png,pdf", show_default=True, help="png, pdf, svg, pgf; comma-separated.")
+@click.option("--style", default="paper", show_default=True, help="paper, paper-wide, slides or notebook.")
+@click.option("--layers", help="Only layers whose name matches this glob.")
+@click.option("--steps", "steps_range", help="Training steps START:STOP.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def plot(
+    runs: Sequence[str],
+    renderers: str | None,
+    out: str | None,
+    formats: str,
+    style: str,
+    layers: str | None,
+    steps_range: str | None,
+    quiet: bool,
+) -> None:
+    """Draw figures of RUNS (files or folders; default: the newest folder in ./normviz-runs)."""
+    from normviz.plot.api import parse_steps, render_to_files
+    from normviz.plot.save import parse_formats
+    from normviz.plot.style import STYLES
+    from normviz.plugins import get_plugin_host
+
+    try:
+        fmts = parse_formats(formats)
+    except ValueError as exc:
+        raise NormvizError(f"--format: {exc}") from exc
+    if style not in STYLES:
+        raise NormvizError(f"--style: unknown style {style!r}; known: {', '.join(STYLES)}")
+    steps = parse_steps(steps_range) if steps_range else None
+    paths, name = _collect_runs(runs)
+    host = get_plugin_host()
+    known = host.renderers()
+    wanted = _split(renderers)
+    for r in wanted or []:
+        if r not in known:
+            raise NormvizError(f"unknown renderer {r!r} (--renderer); known: {', '.join(sorted(known))}")
+    out_dir = Path(out) if out else FIGURES_DIR / name
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NormvizError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from exc
+    if not _writable(out_dir):
+        raise NormvizError(f"{out_dir}: output folder is not writable")
+    from normviz.store.reader import open_run
+
+    opened = [open_run(p) for p in paths]
+    try:
+        n = len(wanted or known)
+        with _progress(n, "plotting", quiet) as bar:
+            report = render_to_files(
+                opened, out_dir, renderers=wanted, formats=fmts, style=style, layers=layers, steps=steps,
+                host=host, progress=bar.update,
+            )
+    finally:
+        for run in opened:
+            run.close()
+    for path in report.written:
+        click.echo(str(path))
+    for renderer, message in report.failures.items():
+        click.echo(f"normviz: renderer {renderer!r} failed: {message}", err=True)
+    if report.failures:
+        raise _Failed(f"{len(report.failures)} renderer(s) failed; the other figures were written")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK)
+
+
+def _collect_runs(args: Sequence[str]) -> tuple[list[Path], str]:
+    """Run files named directly or found in folders; default: the newest run folder."""
+    if not args:
+        if not RUNS_DIR.is_dir():
+            raise NormvizError(f"no runs: {RUNS_DIR}/ does not exist (run `normviz record` first, or name runs)")
+        folders = sorted((p for p in RUNS_DIR.iterdir() if p.is_dir() and any(p.glob("*.h5"))), key=lambda p: p.name)
+        if not folders:
+            raise NormvizError(f"no runs: {RUNS_DIR}/ holds no run folder")
+        args = [str(folders[-1])]
+    paths: list[Path] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(p.glob("*.h5"))
+            if not found:
+                raise NormvizError(f"{p}: folder holds no run files (*.h5)")
+            paths.extend(found)
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise NormvizError(f"{p}: no such file or folder")
+    first = Path(args[0])
+    name = first.name if first.is_dir() else first.stem
+    return paths, name
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable keys).")
+def info(run: str, as_json: bool) -> None:
+    """What a run file holds: layers, norm kinds, statistics, steps, metadata."""
+    from normviz.store.reader import open_run
+
+    with open_run(run) as r:
+        data = info_dict(r)
+        if as_json:
+            click.echo(json.dumps(data, indent=2, sort_keys=True))
+            return
+        click.echo(f"{r.path}: normviz run, schema {r.schema_version}")
+        click.echo(f"  label {data['label']!r}, experiment {data['experiment']}, norm kind {data['norm_kind']}")
+        click.echo(f"  rank {data['rank']} of {data['world_size']}; {data['steps']} recorded steps "
+                   f"(training steps {data['first_step']}..{data['last_step']}), {data['steps_seen']} steps seen, "
+                   f"{'closed cleanly' if data['clean'] else 'not closed (still being written, or killed)'}")
+        click.echo(f"  scalars: {', '.join(data['scalars']) or '-'}")
+        click.echo("  layers:")
+        for layer in data["layers"]:
+            kind = layer["kind"] or "-"
+            click.echo(f"    {layer['name'] or '<root>':<28} {kind:<9} {layer['module_type']:<20} channels {layer['channels']}  calls {layer['calls']}")
+        for group, names in r.statistics.items():
+            click.echo(f"  {group} statistics: {', '.join(names) or '-'}")
+        for layer in r.layers:
+            if layer.kind == "batch" and len(r.steps):
+                try:
+                    rm, rv = r.module_stat("running_mean", layer.name)[-1], r.module_stat("running_var", layer.name)[-1]
+                except NormvizError:
+                    continue
+                click.echo(f"  BatchNorm {layer.name!r} at the last recorded step:")
+                click.echo(f"    running_mean {_fmt(rm)}")
+                click.echo(f"    running_var  {_fmt(rv)}")
+
+
+def _fmt(values: Any, n: int = 6) -> str:
+    shown = ", ".join(f"{v:.4f}" for v in values[:n])
+    return f"[{shown}{', ...' if len(values) > n else ''}] ({len(values)} channels)"
+
+
+def info_dict(run: Any) -> dict[str, Any]:
+    """The stable ``normviz info --json`` document."""
+    status = run.status
+    steps = run.steps
+    return {
+        "path": str(run.path),
+        "schema": "normviz.run",
+        "schema_version": run.schema_version,
+        "label": run.label,
+        "experiment": run.experiment,
+        "norm_kind": run.norm_kind,
+        "steps": int(len(steps)),
+        "first_step": int(steps[0]) if len(steps) else None,
+        "last_step": int(steps[-1]) if len(steps) else None,
+        "steps_seen": status["steps_seen"],
+        "clean": bool(status["clean"]),
+        "rank": run.rank,
+        "world_size": run.world_size,
+        "scalars": run.scalar_names,
+        "statistics": run.statistics,
+        "layers": [
+            {"name": l.name, "kind": l.kind, "module_type": l.module_type, "channels": l.channels, "calls": l.calls}
+            for l in run.layers
+        ],
+        "meta": {k: v for k, v in run.meta.items() if k != "model"},
+    }
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """Every renderer, statistic and norm kind known, and which distribution provides it."""
+    from normviz.plugins import get_plugin_host
+
+    host = get_plugin_host()
+    renderers = host.renderers()
+    statistics = host.statistics()
+    kinds = _norm_kinds(host)
+    data = {
+        "renderers": [{"name": n, "description": r.description, "provider": host.owner("renderer", n)} for n, r in sorted(renderers.items())],
+        "statistics": [
+            {"name": n, "description": s.description, "default": s.default, "provider": host.owner("statistic", n)}
+            for n, s in sorted(statistics.items())
+        ],
+        "norm_kinds": kinds,
+        "plugins": [{"name": n, "provider": src} for n, src in sorted(host.sources.items())],
+        "failures": host.failures,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    for section in ("renderers", "statistics"):
+        click.echo(f"{section}:")
+        for item in data[section]:
+            click.echo(f"  {item['name']:<22} {item['provider']:<24} {item['description']}")
+    click.echo("norm kinds:")
+    for item in kinds:
+        click.echo(f"  {item['name']:<22} {item['provider']}")
+    for name, message in host.failures.items():
+        click.echo(f"plugin {name!r} failed to load: {message}", err=True)
+
+
+def _norm_kinds(host: Any) -> list[dict[str, str]]:
+    """Built-in kinds, plus kinds plugins declare with a module-level ``NORM_KINDS`` tuple."""
+    out = []
+    for name, plugin in host.pm.list_name_plugin():
+        for kind in getattr(plugin, "NORM_KINDS", getattr(plugin, "KINDS", ())) or ():
+            out.append({"name": kind, "provider": host.sources.get(name, name)})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: map errors to exit codes and one-line messages."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="normviz", standalone_mode=False)
+        sys.exit(0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("normviz: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code == 2 or isinstance(exc, click.UsageError) else exc.exit_code)
+    except NormvizError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"normviz: error: {exc}", err=True)
+        sys.exit(2)
+    except _Failed as exc:
+        click.echo(f"normviz: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("normviz: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"normviz: failed: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
