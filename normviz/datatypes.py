@@ -93,7 +93,7 @@ class Statistic:
     description: str = ""
     applies: Callable[[Site], bool] = field(default=lambda site: True)
     default: bool = True
-    dtype: str = "float32"
+    dtype: str = "float32"  # storage dtype: float32, float64, int32 or int64
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,11 @@ BUILTIN = "built-in"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "normviz.default_plugins.norm_kinds",
     "normviz.default_plugins.statistics",
+    "normviz.default_plugins.covariate_shift",
+    "normviz.default_plugins.channels",
+    "normviz.default_plugins.gradient_flow",
+    "normviz.default_plugins.histograms",
+    "normviz.default_plugins.loss",
 )
 
 

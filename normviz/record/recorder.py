@@ -35,7 +35,7 @@ from normviz.store.layout import LayerEntry, Layout, SiteEntry, StatEntry
 from normviz.store.writer import RunWriter
 
 #: Default cap on stored per-channel series (evenly spaced channels beyond it).
-MAX_CHANNELS = 64
+MAX_CHANNELS = 32
 MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -420,7 +420,8 @@ class Recorder:
         def add(group: str, name: str, dtype: str, rows: list[int], widths: list[int], attrs: dict[str, Any]) -> None:
             if not rows:
                 return
-            vec = "f8" if dtype == "float64" else "f4"
+            # float32 values travel in the float32 vector; counts and float64 in the float64 one
+            vec = "f4" if dtype == "float32" else "f8"
             offsets = [0]
             for w in widths:
                 offsets.append(offsets[-1] + w)

@@ -149,7 +149,7 @@ def test_batchnorm_running_stats_and_affine_params(tmp_path):
     x = torch.randn(100, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "bn.h5"
-    with normviz.Recorder(model, path) as rec:
+    with normviz.Recorder(model, path, max_channels=64) as rec:
         for _ in range(3):
             opt.zero_grad()
             model(x).square().mean().backward()
@@ -284,3 +284,26 @@ def test_norm_classification(module, kind, cd):
 @pytest.mark.parametrize("module", [nn.Linear(4, 4), nn.Conv2d(3, 3, 1), nn.Embedding(5, 4), nn.Identity(), nn.ReLU()])
 def test_ordinary_layers_are_not_norms(module):
     assert normviz_classify_module(name="x", module=module) is None
+
+
+def test_wide_channel_series_are_thinned_to_evenly_spaced_channels(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 40), nn.BatchNorm1d(40))
+    x = torch.randn(50, 4)
+    seen = {}
+
+    def capture(module, args, output):
+        seen.setdefault("in", args[0].detach().double().clone())
+
+    model[1].register_forward_hook(capture)
+    path = tmp_path / "thin.h5"
+    with normviz.Recorder(model, path, max_channels=8) as rec:
+        model(x).sum().backward()
+        rec.step()
+    with normviz.open(path) as run:
+        idx = run.channel_index("1", "input")
+        assert len(idx) == 8 and idx[0] == 0 and idx[-1] == 39 and np.all(np.diff(idx) > 0)
+        np.testing.assert_allclose(run.stat("channel_mean", "1", "input")[0], seen["in"].mean(0).numpy()[idx], rtol=1e-5)
+        # global statistics still use every channel
+        assert run.stat("mean", "1", "input")[0] == pytest.approx(seen["in"].mean().item(), rel=1e-5)
+        assert run.module_stat("running_mean", "1").shape == (1, 8)
