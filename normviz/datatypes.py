@@ -94,6 +94,7 @@ class Statistic:
     applies: Callable[[Site], bool] = field(default=lambda site: True)
     default: bool = True
     dtype: str = "float32"  # storage dtype: float32, float64, int32 or int64
+    fused: bool = False  # built-in core statistic: the recorder computes it batched; compute() is the reference
 
 
 @dataclass(frozen=True)

@@ -95,17 +95,18 @@ def _channel_percentiles(ctx: S.SiteTensor) -> torch.Tensor:
 
 
 BUILTIN_STATISTICS: tuple[Statistic, ...] = (
-    Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)"),
-    Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)"),
-    Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)"),
-    Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)"),
-    Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)"),
-    Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)"),
+    Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)", fused=True),
+    Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)", fused=True),
+    Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)", fused=True),
+    Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)", fused=True),
+    Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)", fused=True),
+    Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)", fused=True),
     Statistic(
         "percentiles",
         lambda c: S.quantiles(c.sample(), _levels(c, S.PERCENTILE_LEVELS)),
         lambda s: len(S.PERCENTILE_LEVELS),
         f"percentiles {S.PERCENTILE_LEVELS} of a {S.SAMPLE_SIZE}-value random sample (exact on the sample)",
+        fused=True,
     ),
     Statistic(
         "hist",
@@ -113,6 +114,7 @@ BUILTIN_STATISTICS: tuple[Statistic, ...] = (
         lambda s: S.HIST_BINS + 2,
         f"histogram of the sample: underflow, {S.HIST_BINS} bins between edges fixed at the first recorded step, overflow",
         dtype="int32",
+        fused=True,
     ),
     Statistic(
         "nonfinite",
@@ -120,6 +122,7 @@ BUILTIN_STATISTICS: tuple[Statistic, ...] = (
         _one,
         "count of NaN and ±inf values (exact)",
         dtype="int64",
+        fused=True,
     ),
     Statistic(
         "numel",
@@ -127,6 +130,7 @@ BUILTIN_STATISTICS: tuple[Statistic, ...] = (
         _one,
         "number of values",
         dtype="int64",
+        fused=True,
     ),
     Statistic(
         "group_mean",
@@ -134,6 +138,7 @@ BUILTIN_STATISTICS: tuple[Statistic, ...] = (
         lambda s: len(S.GROUP_LEVELS),
         f"percentiles {S.GROUP_LEVELS} over the normalization groups of their means",
         applies=_is_norm,
+        fused=True,
     ),
     Statistic(
         "group_scale",
@@ -141,6 +146,7 @@ BUILTIN_STATISTICS: tuple[Statistic, ...] = (
         lambda s: len(S.GROUP_LEVELS),
         f"percentiles {S.GROUP_LEVELS} over the normalization groups of their std (RMS for rms norms)",
         applies=_is_norm,
+        fused=True,
     ),
     Statistic(
         "channel_percentiles",

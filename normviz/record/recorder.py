@@ -28,6 +28,7 @@ from torch import nn
 from normviz.datatypes import NormSpec, Site, Statistic
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
+from normviz.record import core
 from normviz.record import stats as S
 from normviz.record.gradients import GradientTracker
 from normviz.store import schema
@@ -37,15 +38,19 @@ from normviz.store.writer import RunWriter
 #: Default cap on stored per-channel series (evenly spaced channels beyond it).
 MAX_CHANNELS = 32
 MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
+_CORE = "__core__"  # key of a site's fused core observation in a step's results
 
 
 class _SiteState:
-    __slots__ = ("site", "spec", "stats", "ctx_state", "index")
+    """A site's descriptor, its statistics (all, and the per-site extras) and their state."""
+
+    __slots__ = ("site", "spec", "stats", "extras", "ctx_state", "index")
 
     def __init__(self, site: Site, spec: NormSpec | None, stats: list[Statistic], ctx_state: dict[str, Any]) -> None:
         self.site = site
         self.spec = spec
         self.stats = stats
+        self.extras = [s for s in stats if not s.fused]
         self.ctx_state = ctx_state
         self.index = -1
 
@@ -275,6 +280,8 @@ class Recorder:
             self._handles.clear()
             if self._layout is None:
                 self._freeze()
+            if self._writer is None:
+                self._open_writer()
             self._send_scalars()
         finally:
             if self._writer is not None:
@@ -310,9 +317,17 @@ class Recorder:
             st = self._new_site(name, module, role, call, x, spec)
             if st is None:
                 return
-        ctx = S.SiteTensor(x.detach(), st.site, st.spec, self._gen(x.device), st.ctx_state)
-        out: dict[str, torch.Tensor] = self._results.setdefault(key, {})
-        for statistic in st.stats:
+        x = x.detach()
+        gen = self._gen(x.device)
+        out: dict[str, Any] = self._results.setdefault(key, {})
+        obs = out[_CORE] = core.observe(x, st.site.channel_dim, st.spec, gen)
+        if not st.extras:
+            return
+        ctx = S.SiteTensor(x, st.site, st.spec, gen, st.ctx_state)
+        # Extras share the core's sample and moments: one sample per site and step.
+        ctx._cache["sample"] = obs.sample
+        ctx._cache["moments"] = (obs.mean_c, obs.var_c)
+        for statistic in st.extras:
             if statistic.name in self._disabled_stats:
                 continue
             try:
@@ -471,15 +486,26 @@ class Recorder:
             group_levels=list(S.GROUP_LEVELS),
             max_channels=self.max_channels,
         )
-        self._nan = {}
-        edges = [
-            st.ctx_state.get("edges", torch.full((S.HIST_BINS + 1,), math.nan)).float().cpu() for st in sites
-        ]
-        edges_arr = torch.stack(edges).numpy() if edges else np.zeros((0, S.HIST_BINS + 1), np.float32)
-        flush_every, flush_secs, on_error = self._flush
-        self._writer = RunWriter(
-            self.path, self._root_attrs(layers), flush_every=flush_every, flush_secs=flush_secs, on_error=on_error
+        device = next((o[_CORE].mean_c.device for o in self._results.values() if _CORE in o), torch.device("cpu"))
+        group_entry = self._layout.stat(schema.ACT, "group_mean")
+        self._assembler = core.CoreAssembler(
+            [st.site.channels for st in sites],
+            [st.ctx_state.get("channel_index") for st in sites],
+            group_entry.rows if group_entry is not None else [],
+            device,
         )
+        self._root = self._root_attrs(layers)
+
+    def _open_writer(self) -> None:
+        """Create the file once the first row's histogram edges are known."""
+        assert self._layout is not None
+        edges = self._assembler.edges
+        if edges is None:
+            edges_arr = np.full((len(self._layout.sites), S.HIST_BINS + 1), np.nan, dtype=np.float32)
+        else:
+            edges_arr = edges.float().cpu().numpy()
+        flush_every, flush_secs, on_error = self._flush
+        self._writer = RunWriter(self.path, self._root, flush_every=flush_every, flush_secs=flush_secs, on_error=on_error)
         self._writer.open(self._layout, edges_arr)
 
     def _root_attrs(self, layers: list[LayerEntry]) -> dict[str, Any]:
@@ -527,12 +553,18 @@ class Recorder:
                 return  # nothing ran in training mode yet: wait for a step that did
             self._freeze()
         layout = self._layout
-        assert layout is not None and self._writer is not None
+        assert layout is not None
         site_keys = [e.key for e in layout.sites]
+        blocks = self._assembler.blocks([self._results.get(k, {}).get(_CORE) for k in site_keys]) if site_keys else {}
+        if self._writer is None:
+            self._open_writer()
+        assert self._writer is not None
         parts: dict[str, list[torch.Tensor]] = {"f4": [], "f8": []}
-        device = None
+        device = self._assembler.device if site_keys else None
         for st in layout.stats:
-            if st.group == schema.ACT:
+            if st.group == schema.ACT and st.name in blocks:
+                parts[st.vec].append(blocks[st.name])
+            elif st.group == schema.ACT:
                 for i, r in enumerate(st.rows):
                     t = self._results.get(site_keys[r], {}).get(st.name)
                     w = st.offsets[i + 1] - st.offsets[i]
