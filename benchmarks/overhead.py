@@ -642,6 +642,29 @@ def summarize(cell: Cell, bare: Cell | None) -> dict[str, Any]:
     return row
 
 
+# A bare-vs-bare median further than this from 1, or any round further than
+# NOISY_ROUND, flags a model whose rounds were disturbed (a busy machine).
+NOISY_MEDIAN = 0.05
+NOISY_ROUND = 0.25
+
+
+def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per model whose bare-vs-bare spread says the machine was busy."""
+    warnings = []
+    for row in rows:
+        if row["variant"] != "bare-again" or "ratio_min" not in row:
+            continue
+        spread = max(abs(row["ratio_min"] - 1), abs(row["ratio_max"] - 1))
+        if abs(row["ratio_median"] - 1) > NOISY_MEDIAN or spread > NOISY_ROUND:
+            warnings.append(
+                f"{row['model']}: bare vs bare {row['ratio_median']:.2f}× "
+                f"({row['ratio_min']:.2f}–{row['ratio_max']:.2f}); something else was probably "
+                "using the CPU, so this model's ratios are unreliable: rerun it on a quiet "
+                "machine, or with more --rounds"
+            )
+    return warnings
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB"):
         if n < 1024 or unit == "MiB":
@@ -687,7 +710,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def environment(variants: list[Variant], memory: PeakMemory) -> dict[str, Any]:
+def environment(variants: list[Variant], memory: PeakMemory, argv: list[str]) -> dict[str, Any]:
     versions: dict[str, str | None] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -701,7 +724,7 @@ def environment(variants: list[Variant], memory: PeakMemory) -> dict[str, Any]:
         versions[key] = variant.version() or versions.get(key) or "not installed"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "command": " ".join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/overhead.py", *argv]),
         "machine": f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} logical CPUs",
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
@@ -803,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.modules["wandb"].teardown()
     runtime = time.perf_counter() - started
 
-    env = environment(variants, memory)
+    env = environment(variants, memory, sys.argv[1:] if argv is None else argv)
     env["settings"] = asdict(settings)
     env["runtime_s"] = round(runtime, 1)
     print(f"# normviz overhead benchmark ({'quick' if args.quick else 'full'})\n")
@@ -821,6 +844,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {name}: {MODELS[name].description}")
     print()
     print(markdown_table(rows))
+    warnings = noise_warnings(rows)
+    if warnings:
+        print()
+        for line in warnings:
+            print(f"**Noisy:** {line}")
+    env["noise_warnings"] = warnings
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "results": rows, "samples": raw}, indent=2) + "\n")
     return 0
