@@ -59,6 +59,13 @@ def _extrema(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ctx._cache["extrema"]  # type: ignore[return-value]
 
 
+def _nonfinite(ctx: S.SiteTensor) -> torch.Tensor:
+    from normviz.record.core import estimate_nonfinite
+
+    mean_c, var_c = ctx.moments()
+    return estimate_nonfinite(mean_c, var_c, ctx.sample(), ctx.x.numel())
+
+
 def _group(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     if "group" not in ctx._cache:
         mean_c, var_c = ctx.moments()
@@ -118,9 +125,9 @@ BUILTIN_STATISTICS: tuple[Statistic, ...] = (
     ),
     Statistic(
         "nonfinite",
-        lambda c: (~torch.isfinite(c.x)).sum().to(torch.float64).reshape(1),
+        lambda c: _nonfinite(c),
         _one,
-        "count of NaN and ±inf values (exact)",
+        "count of NaN and ±inf values: exactly 0 when none, >= 1 when any, else estimated from the sample",
         dtype="int64",
         fused=True,
     ),

@@ -40,23 +40,42 @@ class CoreObs:
     group: tuple[torch.Tensor, torch.Tensor] | None
 
 
-def observe(x: torch.Tensor, channel_dim: int, spec: NormSpec | None, gen: torch.Generator) -> CoreObs:
-    """The in-hook part: a handful of passes over *x*, no host sync."""
+def observe(
+    x: torch.Tensor, channel_dim: int, spec: NormSpec | None, gen: torch.Generator, base: CoreObs | None = None
+) -> CoreObs:
+    """The in-hook part: three passes over *x* (shifted sums, min/max), a sample, no host sync.
+
+    *base* is an observation of the very same tensor made earlier in the step (a
+    convolution's output is the next BatchNorm's input): its passes are reused and
+    only the normalization groups are added.
+    """
     if x.dim() == 0:
         x = x.reshape(1)
-    mean_c, var_c = S.channel_moments(x, channel_dim)
-    lo, hi = torch.aminmax(x)
-    extrema = torch.stack((lo, hi)).float()
-    # NaN and ±inf are exactly the values for which x - x is NaN.
-    nonfinite = torch.isnan(x - x).sum(dtype=torch.float64).reshape(1) if x.is_floating_point() else torch.zeros(
-        1, dtype=torch.float64, device=x.device
-    )
-    numel = torch.full((1,), float(x.numel()), dtype=torch.float64, device=x.device)
-    sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
+    if base is None:
+        mean_c, var_c = S.channel_moments(x, channel_dim)
+        lo, hi = torch.aminmax(x)
+        extrema = torch.stack((lo, hi)).float()
+        sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
+        numel = torch.full((1,), float(x.numel()), dtype=torch.float64, device=x.device)
+        nonfinite = estimate_nonfinite(mean_c, var_c, sample, x.numel())
+        base = CoreObs(mean_c, var_c, extrema, nonfinite, numel, sample, None)
     group = None
     if spec is not None and spec.group_dims is not None and spec.kind != "none":
-        group = S.group_moments(x, spec, mean_c, var_c, gen)
-    return CoreObs(mean_c, var_c, extrema, nonfinite, numel, sample, group)
+        group = S.group_moments(x, spec, base.mean_c, base.var_c, gen)
+    return CoreObs(base.mean_c, base.var_c, base.extrema, base.nonfinite, base.numel, base.sample, group)
+
+
+def estimate_nonfinite(mean_c: torch.Tensor, var_c: torch.Tensor, sample: torch.Tensor, numel: int) -> torch.Tensor:
+    """Count of NaN/±inf values: 0 exactly when there are none, at least 1 when there are any
+    (both known exactly from the full-tensor sums), else scaled from the sample.
+
+    An exact count would cost a full pass over the tensor on every recorded step
+    for a number that is almost always 0.
+    """
+    present = ~torch.isfinite(mean_c).all()  # a shifted sum is finite iff every value is
+    in_sample = (~torch.isfinite(sample)).sum(dtype=torch.float64)
+    estimate = torch.round(in_sample * (numel / sample.numel())).clamp_min(1.0)
+    return torch.where(present, estimate, torch.zeros_like(estimate)).reshape(1)
 
 
 def batched_quantiles(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

@@ -209,7 +209,8 @@ class Recorder:
         self._step = 0
         self._armed = True
         self._calls: dict[str, int] = {}
-        self._results: dict[str, dict[str, torch.Tensor]] = {}
+        self._results: dict[str, dict[str, Any]] = {}
+        self._seen: dict[tuple[Any, ...], tuple[Any, core.CoreObs]] = {}
         self._sites: dict[str, _SiteState] = {}
         self._layout: Layout | None = None
         self._writer: RunWriter | None = None
@@ -258,6 +259,7 @@ class Recorder:
         self._step += 1
         self._armed = self._step % self.every == 0
         self._results.clear()
+        self._seen.clear()
         self._calls.clear()
         self._grads.reset()
 
@@ -317,10 +319,19 @@ class Recorder:
             st = self._new_site(name, module, role, call, x, spec)
             if st is None:
                 return
+        # The same tensor seen twice in a step (a convolution's output is the next norm's
+        # input) is reduced once. A weak reference to the very object makes sure it is
+        # the same live tensor, not a new one the allocator placed at a freed address.
+        ident = (id(x), x._version, x.shape, x.dtype, st.site.channel_dim)
+        hit = self._seen.get(ident)
+        base = hit[1] if hit is not None and hit[0]() is x else None
+        tensor = x
         x = x.detach()
         gen = self._gen(x.device)
         out: dict[str, Any] = self._results.setdefault(key, {})
-        obs = out[_CORE] = core.observe(x, st.site.channel_dim, st.spec, gen)
+        obs = out[_CORE] = core.observe(x, st.site.channel_dim, st.spec, gen, base)
+        if base is None:
+            self._seen[ident] = (weakref.ref(tensor), obs)
         if not st.extras:
             return
         ctx = S.SiteTensor(x, st.site, st.spec, gen, st.ctx_state)
@@ -653,6 +664,7 @@ class _ResetCalls:
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         self.recorder._calls.clear()
+        self.recorder._seen.clear()
         return None
 
 
