@@ -1,0 +1,262 @@
+"""Draw runs with renderer plugins: :func:`plot` for one figure, :func:`render_to_files` for many.
+
+A renderer (:class:`normviz.datatypes.Renderer`) is looked up by name among the
+registered plugins; its ``draw(runs, fig, **options)`` fills a Figure made here,
+sized by the style. Nothing here uses pyplot: figures are never shown by
+``plt.show()`` and are freed when dropped; in a notebook, the Figure returned
+by :func:`plot` displays itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from normviz.errors import MissingDataError, UsageError
+from normviz.plot.common import as_runs, parse_steps, sort_runs
+from normviz.plot.save import parse_formats, save_all
+from normviz.plot.style import STYLES, new_figure, style_context
+
+__all__ = ["RenderReport", "figure_name", "group_runs", "parse_steps", "plot", "render_to_files"]
+
+#: Options :func:`render_to_files` passes to a renderer that declares them in ``Renderer.options``.
+COMMON_OPTIONS: tuple[str, ...] = ("layers", "steps")
+
+
+def _host(host: Any) -> Any:
+    if host is None:
+        from normviz.plugins import get_plugin_host
+
+        host = get_plugin_host()
+    return host
+
+
+def _lookup(renderers: dict[str, Any], name: str) -> Any:
+    try:
+        return renderers[name]
+    except KeyError:
+        known = ", ".join(sorted(renderers)) or "none"
+        raise UsageError(f"unknown renderer {name!r}; registered renderers: {known}") from None
+
+
+def _check_style(style: str) -> str:
+    if style not in STYLES:
+        raise UsageError(f"unknown style {style!r}; valid styles are: {', '.join(STYLES)}")
+    return style
+
+
+def _draw(renderer: Any, runs: list[Any], style: str, options: dict[str, Any]) -> Figure:
+    fig = new_figure(style)
+    result = renderer.draw(runs, fig, **options)
+    if not isinstance(result, Figure):
+        raise TypeError(f"renderer {renderer.name!r} returned {type(result).__name__}, not a Figure")
+    return result
+
+
+def plot(
+    runs: Any,
+    renderer: str,
+    *,
+    style: str = "paper",
+    host: Any = None,
+    **options: Any,
+) -> Figure:
+    """Draw ``runs`` with the renderer named ``renderer`` into a new Figure.
+
+    Parameters
+    ----------
+    runs
+        A :class:`~normviz.store.reader.Run`, a path to a run file, or a list of
+        them (compared in one figure; paths are opened).
+    renderer
+        A registered renderer name, e.g. ``"gradient-flow"``
+        (``normviz plugins`` lists them).
+    style
+        One of :data:`normviz.plot.style.STYLES`; sets the figure size and fonts.
+    host
+        A :class:`~normviz.plugins.PluginHost`; default: built-ins and installed plugins.
+    **options
+        Passed to the renderer's ``draw`` (e.g. ``layers="conv*"``, ``steps="0:500"``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Not registered with pyplot. Save it inside the same style, e.g. with
+        :func:`normviz.plot.save.save_all` under
+        :func:`normviz.plot.style.style_context`.
+
+    Raises
+    ------
+    UsageError
+        Unknown renderer or style.
+    MissingDataError
+        The runs lack what the renderer needs (the message names it).
+    """
+    _check_style(style)
+    host = _host(host)
+    found = _lookup(host.renderers(), renderer)
+    run_list = as_runs(runs)
+    with style_context(style):
+        return _draw(found, run_list, style, dict(options))
+
+
+@dataclass
+class RenderReport:
+    """What :func:`render_to_files` did.
+
+    Attributes
+    ----------
+    written
+        Files written, in order.
+    failures
+        Renderer name → one-line error, for renderers that raised (the message
+        names the renderer, its provider and the experiment).
+    skipped
+        Renderer name → one-line reason, for renderers that had no data to draw
+        for some experiment (they raised :class:`~normviz.errors.MissingDataError`).
+    """
+
+    written: list[Path] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+def figure_name(text: str) -> str:
+    """``text`` made safe as a file-name part: no path separators, no traversal.
+
+    Runs of characters other than letters, digits and ``._+=-`` become ``_``;
+    leading dots are removed; an empty result becomes ``"run"``.
+    """
+    name = _UNSAFE.sub("_", str(text)).strip("_")
+    name = name.lstrip(".")
+    return name[:120] or "run"
+
+
+def group_runs(runs: Sequence[Any]) -> dict[str, list[Any]]:
+    """Runs grouped by experiment, in display order, keyed by a safe file-name part.
+
+    Runs without an experiment are each their own group, named by label. Groups
+    whose names clash after sanitising get ``-2``, ``-3``, … appended.
+    """
+    raw: dict[tuple[str, str], list[Any]] = {}
+    for run in runs:
+        key = ("e", run.experiment) if run.experiment else ("l", f"{run.label}\0{run.path}")
+        raw.setdefault(key, []).append(run)
+    named: list[tuple[str, list[Any]]] = []
+    for (what, value), members in raw.items():
+        base = value if what == "e" else members[0].label
+        named.append((figure_name(base), sort_runs(members)))
+    named.sort(key=lambda item: item[0])
+    out: dict[str, list[Any]] = {}
+    for name, members in named:
+        unique, i = name, 2
+        while unique in out:
+            unique, i = f"{name}-{i}", i + 1
+        out[unique] = members
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else '(no message)'}"
+
+
+def render_to_files(
+    runs: Sequence[Any],
+    out_dir: str | Path,
+    *,
+    renderers: Sequence[str] | None = None,
+    formats: str | Sequence[str] = ("png", "pdf"),
+    style: str = "paper",
+    layers: str | None = None,
+    steps: str | slice | None = None,
+    host: Any = None,
+    progress: Callable[[int], Any] | None = None,
+) -> RenderReport:
+    """Draw every renderer for every experiment group and write the figures.
+
+    Parameters
+    ----------
+    runs
+        Runs (or paths). They are grouped by experiment (:func:`group_runs`); each
+        group gives one figure per renderer, its runs compared in it.
+    out_dir
+        Folder for the files (created). Each is ``<experiment>-<renderer>.<fmt>``,
+        written atomically.
+    renderers
+        Names to draw; None: every registered renderer, sorted by name.
+    formats
+        E.g. ``("png", "pdf")`` or ``"png,pdf"``.
+    style
+        A style name (:data:`normviz.plot.style.STYLES`).
+    layers, steps
+        A layer-name glob and a training-step range (``"START:STOP"`` or a slice),
+        passed to renderers whose ``Renderer.options`` list them.
+    host
+        A :class:`~normviz.plugins.PluginHost`; default: built-ins and installed plugins.
+    progress
+        Called as ``progress(1)`` after each figure, drawn or not (e.g. a tqdm
+        bar's ``update``); there are ``len(group_runs(runs)) * len(renderers)``
+        figures in all.
+
+    Returns
+    -------
+    RenderReport
+
+    Raises
+    ------
+    UsageError
+        Before anything is drawn: unknown renderer, style or format, bad ``steps``.
+    """
+    _check_style(style)
+    try:
+        fmts = parse_formats(formats)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    step_slice = parse_steps(steps)
+    host = _host(host)
+    registry = host.renderers()
+    names = sorted(registry) if renderers is None else list(dict.fromkeys(renderers))
+    chosen = [_lookup(registry, n) for n in names]
+    groups = group_runs(as_runs(list(runs)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = RenderReport()
+    for group, members in groups.items():
+        for renderer in chosen:
+            stem = f"{group}-{figure_name(renderer.name)}"
+            options: dict[str, Any] = {}
+            declared = set(getattr(renderer, "options", ()) or ())
+            if "layers" in declared and layers is not None:
+                options["layers"] = layers
+            if "steps" in declared and step_slice is not None:
+                options["steps"] = step_slice
+            try:
+                with style_context(style):
+                    fig = _draw(renderer, members, style, options)
+                    report.written.extend(save_all(fig, out / stem, fmts))
+                del fig
+            except MissingDataError as exc:
+                _note(report.skipped, renderer.name, f"{group}: {_one_line(exc)}")
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; the rest go on
+                owner = host.owner("renderer", renderer.name) if hasattr(host, "owner") else "?"
+                _note(
+                    report.failures,
+                    renderer.name,
+                    f"renderer {renderer.name!r} ({owner}) failed on {group!r}: {_one_line(exc)}",
+                )
+            if progress is not None:
+                progress(1)
+    return report
+
+
+def _note(where: dict[str, str], key: str, message: str) -> None:
+    where[key] = f"{where[key]}; {message}" if key in where else message

@@ -1,0 +1,400 @@
+"""Drawing helpers shared by renderers, built-in and third-party alike.
+
+A renderer receives runs and a :class:`~matplotlib.figure.Figure`; these helpers
+give it the conventions every normviz figure follows:
+
+- :func:`run_looks`: one colour per norm kind (or per label when all runs share
+  a kind), with the kind's line style and marker;
+- :func:`step_rows` / :func:`parse_steps`: the ``steps`` option, in training
+  steps, turned into the recorded rows to read;
+- :func:`divergence`: where a run first held a non-finite value, so figures
+  stop there and mark it (:func:`mark_nonfinite`);
+- :func:`fit_rows`: grow the figure to the number of panel rows, within the
+  height the style allows;
+- :func:`line`: a series, thinned to a min/max envelope when long.
+
+Nothing here touches pyplot or rcParams.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex, to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from normviz import analysis
+from normviz.errors import MissingDataError, UsageError
+from normviz.plot.palette import (
+    kind_color,
+    kind_linestyle,
+    kind_marker,
+    kind_sort_key,
+    label_colors,
+)
+
+__all__ = [
+    "NONFINITE_COLOR",
+    "RunLook",
+    "as_runs",
+    "divergence",
+    "fit_rows",
+    "kind_name",
+    "line",
+    "mark_nonfinite",
+    "no_data",
+    "parse_steps",
+    "run_looks",
+    "shades",
+    "sort_runs",
+    "step_rows",
+]
+
+#: Colour of non-finite markers (a red outside the Okabe–Ito kind colours).
+NONFINITE_COLOR = "#E8000B"
+
+#: Readable names of the built-in kinds, for titles.
+KIND_NAMES: dict[str, str] = {
+    "batch": "BatchNorm",
+    "layer": "LayerNorm",
+    "instance": "InstanceNorm",
+    "group": "GroupNorm",
+    "rms": "RMSNorm",
+    "none": "no norm",
+    "mixed": "mixed norms",
+}
+
+
+def kind_name(kind: str | None) -> str:
+    """``"batch"`` → ``"BatchNorm"``; unknown kinds are returned as given."""
+    key = "none" if kind is None else str(kind)
+    return KIND_NAMES.get(key, key)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def as_runs(runs: Any) -> list[Any]:
+    """A Run, a path, or a sequence of them, as a list of runs (paths are opened)."""
+    from normviz.store.reader import Run, open_run
+
+    if isinstance(runs, (Run, str, os.PathLike)) or hasattr(runs, "stat"):
+        runs = [runs]
+    out = []
+    for item in runs:
+        out.append(open_run(item) if isinstance(item, (str, os.PathLike)) else item)
+    if not out:
+        raise UsageError("no run given to draw")
+    return out
+
+
+def sort_runs(runs: Sequence[Any]) -> list[Any]:
+    """Runs in display order: by norm kind (batch … none), then label."""
+    return sorted(runs, key=lambda r: (kind_sort_key(r.norm_kind), r.label))
+
+
+@dataclass(frozen=True)
+class RunLook:
+    """How one run is drawn: colour, line style, marker and legend text."""
+
+    color: str
+    linestyle: Any
+    marker: str
+    label: str
+    kind: str
+
+
+_SAME_KIND_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)))
+
+
+def run_looks(runs: Sequence[Any]) -> list[RunLook]:
+    """One :class:`RunLook` per run, in the order given.
+
+    Runs of distinct kinds are coloured by kind and named by kind. Runs that all
+    share one kind (e.g. Pre-LN vs Post-LN) are coloured and named by label.
+    Otherwise runs are coloured by kind, and runs sharing a kind are told apart
+    by line style and named ``"kind: label"``.
+    """
+    kinds = [r.norm_kind for r in runs]
+    if len(runs) > 1 and len(set(kinds)) == 1:
+        colors = label_colors(r.label for r in runs)
+        return [
+            RunLook(colors[r.label], kind_linestyle(r.norm_kind), kind_marker(r.norm_kind), r.label, r.norm_kind)
+            for r in runs
+        ]
+    if len(set(kinds)) == len(kinds):
+        return [
+            RunLook(kind_color(k), kind_linestyle(k), kind_marker(k), str(k), str(k)) for k in kinds
+        ]
+    seen: dict[str, int] = {}
+    looks = []
+    for r in runs:
+        i = seen.get(r.norm_kind, 0)
+        seen[r.norm_kind] = i + 1
+        looks.append(
+            RunLook(
+                kind_color(r.norm_kind),
+                _SAME_KIND_STYLES[i % len(_SAME_KIND_STYLES)],
+                kind_marker(r.norm_kind),
+                f"{r.norm_kind}: {r.label}",
+                r.norm_kind,
+            )
+        )
+    return looks
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def parse_steps(spec: str | slice | None) -> slice | None:
+    """Parse a ``--steps`` value ``"START:STOP"`` (training steps, STOP excluded).
+
+    Either side may be empty (``"100:"``, ``":500"``); a single number ``"N"``
+    means step N alone. A :class:`slice` or None is returned as given.
+
+    Raises
+    ------
+    UsageError
+        For anything else, e.g. ``"a:b"``, a negative step or STOP ≤ START.
+    """
+    if spec is None or isinstance(spec, slice):
+        return spec
+    text = str(spec).strip()
+    parts = text.split(":")
+    start: int | None
+    stop: int | None
+    try:
+        if len(parts) == 1:
+            n = int(parts[0])
+            start, stop = n, n + 1
+        elif len(parts) == 2:
+            start = int(parts[0]) if parts[0].strip() else None
+            stop = int(parts[1]) if parts[1].strip() else None
+        else:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--steps {text!r}: expected START:STOP in training steps, e.g. 0:1000") from None
+    if (start is not None and start < 0) or (stop is not None and stop < 0):
+        raise UsageError(f"--steps {text!r}: training steps are counted from 0")
+    if start is not None and stop is not None and stop <= start:
+        raise UsageError(f"--steps {text!r}: STOP must be greater than START")
+    return slice(start, stop)
+
+
+def step_rows(run: Any, steps: str | slice | None) -> slice:
+    """The recorded rows of ``run`` within the ``steps`` option (training steps).
+
+    Raises
+    ------
+    MissingDataError
+        When no recorded step lies in the range.
+    """
+    sl = parse_steps(steps)
+    if sl is None:
+        rows = slice(0, len(run.steps))
+    else:
+        rows = analysis.rows_for_steps(run.steps, sl.start, sl.stop)
+    if rows.stop <= rows.start:
+        where = "" if sl is None else f" between steps {sl.start}:{sl.stop}"
+        raise MissingDataError(f"{run.path}: no recorded step{where}")
+    return rows
+
+
+def divergence(run: Any, rows: slice) -> tuple[slice, int | None]:
+    """Cut ``rows`` after the first non-finite row; return it and its training step.
+
+    The row where values first became non-finite is kept (it is drawn as far as
+    it is finite, and marked); later rows are dropped.
+    """
+    first = analysis.run_divergence(run, rows)
+    if first is None:
+        return rows, None
+    return slice(rows.start, rows.start + first + 1), int(run.steps[rows.start + first])
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def _style_limit(width: float) -> float | None:
+    from normviz.plot import style
+
+    for name in style.STYLES:
+        if abs(style.figure_width(name) - width) < 1e-6:
+            limit = style._MAX_HEIGHT.get(name)
+            return limit
+    return None
+
+
+def fit_rows(fig: Figure, nrows: float, *, row_ratio: float | None = None) -> None:
+    """Set the figure height for ``nrows`` rows of panels, keeping its width.
+
+    A row is ``row_ratio`` × width high (default: the aspect of the active
+    style's ``figure.figsize``); the height is capped at what the style allows
+    (9 in for the paper styles, one slide for ``slides``).
+    """
+    import matplotlib
+
+    width = fig.get_figwidth()
+    if row_ratio is None:
+        w, h = matplotlib.rcParams["figure.figsize"]
+        row_ratio = h / w
+    height = width * row_ratio * max(nrows, 1)
+    limit = _style_limit(width)
+    if limit is not None:
+        height = min(height, limit)
+    fig.set_size_inches(width, height)
+
+
+def shades(color: str, n: int, *, lightest: float = 0.6) -> list[str]:
+    """``n`` shades of ``color`` from light (mixed with ``lightest`` white) to full."""
+    r, g, b = to_rgb(color)
+    if n <= 1:
+        return [to_hex((r, g, b))]
+    return [to_hex((r * (1 - t) + t, g * (1 - t) + t, b * (1 - t) + t)) for t in np.linspace(lightest, 0.0, n)]
+
+
+def mark_nonfinite(ax: Axes, step: float | None, *, label: bool = True) -> None:
+    """Mark the step where a run became non-finite with a red vertical line."""
+    if step is None:
+        return
+    ax.axvline(
+        step, color=NONFINITE_COLOR, linewidth=0.8, linestyle=(0, (2, 1)), zorder=5,
+        label="non-finite" if label else None, gid="nonfinite",
+    )
+
+
+def no_data(ax: Axes, text: str) -> None:
+    """An empty panel saying why it is empty."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def line(
+    ax: Axes,
+    x: Any,
+    y: Any,
+    *,
+    max_points: int = 1000,
+    color: str,
+    envelope_alpha: float = 0.25,
+    **kwargs: Any,
+) -> Line2D:
+    """Plot ``y`` against ``x``; above ``max_points`` points, block means plus a min/max band."""
+    env = analysis.envelope(x, y, max_points)
+    (artist,) = ax.plot(env.x, env.y, color=color, **kwargs)
+    if env.lo is not None and env.hi is not None:
+        ax.fill_between(env.x, env.lo, env.hi, color=color, alpha=envelope_alpha, linewidth=0)
+    return artist
+
+
+def positive(values: Any) -> bool:
+    """True when every finite value is > 0 (a log axis can show them)."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return bool(finite.size) and bool(np.all(finite > 0))
+
+
+def wants_log(values: Any, ratio: float = 30.0) -> bool:
+    """True when the finite values are positive and span more than ``ratio``."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if not finite.size or np.any(finite <= 0):
+        return False
+    return bool(finite.max() / finite.min() > ratio)
+
+
+def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *, title: str | None = None,
+                  ncols: int | None = None) -> Any:
+    """A legend below the panels, outside them; the figure grows to make room.
+
+    Needs constrained layout (normviz figures have it).
+    """
+    if not handles:
+        return None
+    n = len(labels)
+    cols = ncols if ncols is not None else (n if n <= 3 else (3 if n in (5, 6, 9) else 4))
+    cols = min(cols, n)
+    rows = -(-n // cols) + (1 if title else 0)
+    import matplotlib
+
+    line_h = matplotlib.rcParams["legend.fontsize"]
+    size = line_h if isinstance(line_h, (int, float)) else matplotlib.rcParams["font.size"]
+    extra = rows * 1.5 * size / 72 + 0.05
+    width, height = fig.get_size_inches()
+    limit = _style_limit(width)
+    new_height = height + extra if limit is None else min(limit, height + extra)
+    fig.set_size_inches(width, new_height)
+    return fig.legend(list(handles), list(labels), loc="outside lower center", ncols=cols, title=title,
+                      handlelength=2.2, columnspacing=1.0)
+
+
+def look_handles(looks: Sequence[RunLook]) -> tuple[list[Line2D], list[str]]:
+    """Legend handles for runs (one per distinct legend text)."""
+    handles, labels = [], []
+    for look in looks:
+        if look.label in labels:
+            continue
+        handles.append(Line2D([], [], color=look.color, linestyle=look.linestyle))
+        labels.append(look.label)
+    return handles, labels
+
+
+def nonfinite_handle() -> Line2D:
+    """The legend handle of :func:`mark_nonfinite`'s line."""
+    return Line2D([], [], color=NONFINITE_COLOR, linestyle=(0, (2, 1)), linewidth=0.8)
+
+
+def legend_title(runs: Sequence[Any]) -> str | None:
+    """None when the legend names norm kinds; ``"<Kind> runs"`` when it names labels."""
+    kinds = [r.norm_kind for r in runs]
+    if len(runs) > 1 and len(set(kinds)) == 1:
+        return f"{kind_name(kinds[0])} runs"
+    return None
+
+
+def figure_title(fig: Figure, what: str, runs: Sequence[Any]) -> None:
+    """A short figure title: what is shown, for which experiment, and the kind of a single run."""
+    exp = runs[0].experiment if all(r.experiment == runs[0].experiment for r in runs) else None
+    parts = [what]
+    if exp:
+        parts.append(str(exp))
+    elif len(runs) == 1:
+        parts.append(runs[0].label)
+    kinds = {r.norm_kind for r in runs}
+    if len(kinds) == 1:
+        parts.append(kind_name(next(iter(kinds))))
+    fig.suptitle(" · ".join(parts), fontsize="medium")
+
+
+def focus_layer(runs: Sequence[Any], layers: str | None = None, *, deepest: bool = False) -> str | None:
+    """The layer to show when several runs are compared on one layer.
+
+    Candidates are the norm layers (``kind`` not None) of each run matching the
+    ``layers`` glob, or, when no norm layer matches, any matching layer. The
+    name found in most runs wins; ties go to the shallowest (or, with
+    ``deepest``, the deepest) in model order. None when nothing matches.
+    """
+    counts: dict[str, int] = {}
+    order: dict[str, tuple[int, int]] = {}
+    for r, run in enumerate(runs):
+        names = [layer.name for layer in run.layers]
+        norms = [layer.name for layer in run.layers if layer.kind is not None]
+        chosen = analysis.select_names(norms, layers)
+        if not chosen:
+            chosen = analysis.select_names(names, layers) if layers is not None else []
+        for name in chosen:
+            counts[name] = counts.get(name, 0) + 1
+            order.setdefault(name, (names.index(name), r))
+    if not counts:
+        return None
+    sign = -1 if deepest else 1
+    return min(counts, key=lambda n: (-counts[n], sign * order[n][0], order[n][1]))
