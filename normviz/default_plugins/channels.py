@@ -1,0 +1,229 @@
+"""Built-in renderer ``channels``: what each norm kind actually normalizes.
+
+1. Per-channel distributions before (input) and after (output) a norm layer at
+   a few steps (first, middle and last recorded by default): each channel's
+   mean ± standard deviation, lighter for earlier steps. On the output side the
+   layer's β (black tick) and β ± |γ| (grey bar) are drawn behind: a norm that
+   normalizes each channel over the batch (BatchNorm) or each (sample, channel)
+   (InstanceNorm) puts every channel's mean at β and its spread at |γ|; norms
+   whose groups cut across channels (LayerNorm, GroupNorm, RMSNorm) do not.
+2. The normalization groups (the sets one mean/variance or RMS is computed
+   over) at the last step: box plots of the group means and group scales of the
+   input (hollow) and the output (filled) per run. The output boxes show what
+   the kind holds fixed (mean 0 / scale 1 before γ and β are applied).
+3. BatchNorm's batch statistics against its running statistics (the ones eval
+   mode uses) for a few channels over training, when a run has BatchNorm.
+
+One run: up to ``max_layers`` norm layers. Several runs: one row per run, all
+on the same layer (the first norm layer they share); runs without a norm
+layer are left out of rows 1 and 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from normviz import analysis
+from normviz.datatypes import Register, Renderer
+from normviz.errors import MissingDataError
+from normviz.hookspecs import hookimpl
+from normviz.plot import common
+
+BN_CHANNELS = 3
+
+
+def _plan(runs: list[Any], layers: str | None, max_layers: int) -> list[tuple[Any, str]]:
+    if len(runs) == 1:
+        norms = [layer.name for layer in runs[0].layers if layer.kind is not None]
+        return [(runs[0], n) for n in analysis.select_names(analysis.select_names(norms, layers), None, max_layers)]
+    name = common.focus_layer(runs, layers)
+    return [(run, name) for run in runs if name is not None and any(lay.name == name for lay in run.layers)]
+
+
+def _rows_at(run: Any, rows: slice, at: Any) -> list[int]:
+    if at is None:
+        return [rows.start + i for i in analysis.pick_rows(rows.stop - rows.start, 3)]
+    wanted = [int(s) for s in (at.split(",") if isinstance(at, str) else at)]
+    steps = np.asarray(run.steps[rows])
+    return sorted({rows.start + int(np.argmin(np.abs(steps - w))) for w in wanted})
+
+
+def _channel_panel(ax: Any, run: Any, layer: str, role: str, picks: list[int], color: str, max_channels: int) -> None:
+    index = np.asarray(run.channel_index(layer, role))
+    keep = analysis.pick_rows(len(index), max_channels)
+    ids = index[keep].astype(np.float64)
+    spacing = float(np.min(np.diff(ids))) if len(ids) > 1 else 1.0
+    colors = common.shades(color, len(picks), lightest=0.65)
+    width = 0.6 * spacing / max(1, len(picks))
+    for k, (row, shade) in enumerate(zip(picks, colors)):
+        mean = run.stat("channel_mean", layer, role, steps=slice(row, row + 1))[0][keep]
+        std = np.sqrt(np.clip(run.stat("channel_var", layer, role, steps=slice(row, row + 1))[0][keep], 0, None))
+        x = ids + (k - (len(picks) - 1) / 2) * width
+        ax.errorbar(x, mean, yerr=std, fmt="o", markersize=2, elinewidth=0.6, color=shade, capsize=0,
+                    gid=f"channels:{run.label}:{layer}:{role}:{int(run.steps[row])}")
+    if role == "output":
+        try:
+            beta = run.module_stat("bias", layer, steps=slice(picks[-1], picks[-1] + 1))[0]
+        except MissingDataError:
+            beta = None
+        try:
+            gamma = run.module_stat("weight", layer, steps=slice(picks[-1], picks[-1] + 1))[0]
+        except MissingDataError:
+            gamma = None
+        if gamma is not None and len(gamma) == len(index):
+            b = beta[index][keep] if beta is not None and len(beta) == len(index) else np.zeros(len(keep))
+            g = np.abs(gamma[index][keep])
+            ax.bar(ids, 2 * g, bottom=b - g, width=0.85 * spacing, color="0.88", zorder=0, gid="gamma")
+            ax.plot(ids, b, linestyle="none", marker="_", markersize=5, color="black", zorder=1, gid="beta")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+
+
+def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: dict[int, int]) -> list[float]:
+    drawn: list[float] = []
+    for i, (run, layer, look) in enumerate(runs):
+        for role, dx, filled in (("input", -0.2, False), ("output", 0.2, True)):
+            try:
+                q = run.stat(stat, layer, role, steps=slice(row_of[id(run)], row_of[id(run)] + 1))[0]
+            except MissingDataError as exc:
+                if stat in str(exc) and "not recorded in this run" in str(exc):
+                    raise
+                continue
+            if not np.all(np.isfinite(q)):
+                continue
+            p0, p5, p25, p50, p75, p95, p100 = (q[j] for j in analysis.level_columns(
+                run.layout.group_levels, (0, 5, 25, 50, 75, 95, 100)))
+            ax.bxp([{"whislo": p5, "q1": p25, "med": p50, "q3": p75, "whishi": p95, "fliers": [p0, p100]}],
+                   positions=[i + dx], widths=0.32, patch_artist=True, manage_ticks=False,
+                   boxprops={"facecolor": look.color if filled else "white", "edgecolor": look.color,
+                             "linewidth": 0.7},
+                   medianprops={"color": "white" if filled else look.color, "linewidth": 0.9},
+                   whiskerprops={"color": look.color, "linewidth": 0.7}, capprops={"color": look.color},
+                   flierprops={"marker": ".", "markersize": 2, "markeredgecolor": look.color})
+            drawn += [float(v) for v in q]
+    ax.set_xticks(range(len(runs)), [look.label for _, _, look in runs], rotation=30 if len(runs) > 3 else 0,
+                  ha="right" if len(runs) > 3 else "center")
+    return drawn
+
+
+def _bn_panel(axes: list[Any], run: Any, layer: str, rows: slice, color: str) -> None:
+    x = np.asarray(run.steps[rows], dtype=np.float64)
+    index = run.channel_index(layer, "input")
+    picks = analysis.pick_rows(len(index), BN_CHANNELS)
+    colors = common.shades(color, len(picks), lightest=0.6)
+    for ax, batch_stat, running in zip(axes, ("channel_mean", "channel_var"), ("running_mean", "running_var")):
+        batch = run.stat(batch_stat, layer, "input", steps=rows)
+        run_stat = run.module_stat(running, layer, steps=rows)
+        for c, shade in zip(picks, colors):
+            ax.plot(x, batch[:, c], linestyle="none", marker=".", markersize=2.5, color=shade,
+                    gid=f"batch:{batch_stat}:{int(index[c])}")
+            if run_stat.shape[1] > index[c]:
+                ax.plot(x, run_stat[:, index[c]], color=shade, linewidth=1.0, gid=f"running:{running}:{int(index[c])}")
+        ax.set_xlabel("training step")
+    axes[0].set_title(f"BN {layer}: channel mean", loc="left", fontsize="small")
+    axes[1].set_title("channel variance", loc="left", fontsize="small")
+    if common.wants_log(run.stat("channel_var", layer, "input", steps=rows), 10.0):
+        axes[1].set_yscale("log")
+
+
+def draw(
+    runs: Any,
+    fig: Figure,
+    *,
+    layers: str | None = None,
+    steps: Any = None,
+    max_layers: int = 2,
+    at: Any = None,
+    max_channels: int = 24,
+) -> Figure:
+    """Draw per-channel and per-group distributions of norm layers into ``fig``.
+
+    Options: ``layers`` (glob over norm layer names), ``steps`` (training steps
+    ``"START:STOP"``), ``max_layers`` (norm layers of a single run), ``at``
+    (training steps to show, e.g. ``"0,500,1000"``; default first, middle and
+    last), ``max_channels`` (evenly spaced channels per panel).
+    """
+    runs = common.as_runs(runs)
+    plan = _plan(runs, layers, max_layers)
+    if not plan:
+        raise MissingDataError("channels: no norm layer" + (f" matches {layers!r}" if layers else "")
+                               + " in " + ", ".join(r.label for r in runs))
+    looks = {id(r): lk for r, lk in zip(runs, common.run_looks(runs))}
+    windows = {id(run): common.divergence(run, common.step_rows(run, steps))[0] for run, _ in plan}
+    picks = {id(run): _rows_at(run, windows[id(run)], at) for run, _ in plan}
+    bn = next(((run, layer) for run, layer in plan if {lay.name: lay.kind for lay in run.layers}[layer] == "batch"
+               and "running_mean" in run.statistics.get("module", [])), None)
+    groups = [(run, layer, looks[id(run)]) for run, layer in {(id(r), lay): (r, lay) for r, lay in plan}.values()
+              if any(s.layer == layer and s.kind not in (None, "none") for s in run.sites)]
+    heights = [0.42] * len(plan) + ([0.55] if groups else []) + ([0.5] if bn else [])
+    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.15)
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
+    first = None
+    for i, (run, layer) in enumerate(plan):
+        look = looks[id(run)]
+        kind = {lay.name: (lay.kind, lay.module_type) for lay in run.layers}[layer]
+        for j, role in enumerate(("input", "output")):
+            ax = fig.add_subplot(grid[i, j], sharey=first)
+            first = first or ax
+            _channel_panel(ax, run, layer, role, picks[id(run)], look.color, max_channels)
+            head = look.label if len(runs) > 1 else f"{layer or '(root)'} {kind[1]}"
+            ax.set_title(f"{head} · {role}" if j == 0 else role, loc="left", fontsize="small",
+                         color=look.color if j == 0 else "black")
+            if j == 0:
+                ax.set_ylabel("mean ± std")
+            else:
+                ax.tick_params(labelleft=False)
+            if i == len(plan) - 1:
+                ax.set_xlabel("channel")
+    row = len(plan)
+    if groups:
+        axes = [fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])]
+        last = {id(run): picks[id(run)][-1] for run, _, _ in groups}
+        for ax, stat, ref, title in ((axes[0], "group_mean", 0.0, "group means"),
+                                     (axes[1], "group_scale", 1.0, "group scales")):
+            ax.axhline(ref, color="0.6", linewidth=0.6, linestyle="--", zorder=0)
+            values = _group_boxes(ax, groups, stat, last)
+            ax.set_title(f"{title} (last step)", loc="left", fontsize="small")
+            if stat == "group_scale" and common.wants_log(values, 30.0):
+                ax.set_yscale("log")
+        row += 1
+    if bn:
+        run, layer = bn
+        axes = [fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])]
+        _bn_panel(axes, run, layer, windows[id(run)], looks[id(run)].color)
+    handles = [Line2D([], [], linestyle="none", marker="o", markersize=3, color=c)
+               for c in common.shades("#555555", 3, lightest=0.65)]
+    labels = ["first step", "middle", "last"]
+    handles += [Line2D([], [], color="0.88", linewidth=4), Line2D([], [], color="black", marker="_",
+                                                                   linestyle="none")]
+    labels += ["β ± |γ|", "β"]
+    if groups:
+        handles += [Line2D([], [], marker="s", linestyle="none", markerfacecolor="white", markeredgecolor="0.3"),
+                    Line2D([], [], marker="s", linestyle="none", color="0.3")]
+        labels += ["groups in", "groups out"]
+    if bn:
+        handles += [Line2D([], [], marker=".", linestyle="none", color="0.3"), Line2D([], [], color="0.3")]
+        labels += ["batch", "running"]
+    common.figure_legend(fig, handles, labels, ncols=3)
+    what = "channels and groups" if len(runs) == 1 else f"channels and groups of layer {plan[0][1] or '(root)'}"
+    common.figure_title(fig, what, runs)
+    return fig
+
+
+RENDERER = Renderer(
+    name="channels",
+    draw=draw,
+    description="per-channel and per-group distributions before/after each norm layer; BatchNorm batch vs running",
+    requires=frozenset({"channel_mean", "channel_var", "group_mean", "group_scale"}),
+    options=("layers", "steps", "max_layers", "at", "max_channels"),
+)
+
+
+@hookimpl
+def normviz_register_renderers(register: Register[Renderer]) -> None:
+    """Register the ``channels`` renderer."""
+    register(RENDERER)
