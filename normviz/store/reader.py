@@ -34,6 +34,15 @@ class LayerInfo:
     has_grads: bool
 
 
+def _missing_as_nan(data: np.ndarray) -> np.ndarray:
+    """Integer statistics mark a site that did not run with -1: return them as float with NaN."""
+    if np.issubdtype(data.dtype, np.integer):
+        out = data.astype(np.float64)
+        out[data < 0] = np.nan
+        return out
+    return data
+
+
 def open_run(path: str | os.PathLike[str]) -> Run:
     """Open a normviz run file for reading (see :class:`Run`)."""
     return Run(path)
@@ -231,7 +240,7 @@ class Run:
             raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded for {role} of {layer!r}")
         j = st.rows.index(idx)
         lo, hi = st.offsets[j], st.offsets[j + 1]
-        data = self._f[f"{schema.ACT}/{name}"][self._rows(steps), lo:hi]
+        data = _missing_as_nan(self._f[f"{schema.ACT}/{name}"][self._rows(steps), lo:hi])
         return data[:, 0] if st.width == len(st.rows) else data
 
     def stat_all(self, name: str, *, steps: slice | None = None) -> tuple[list[SiteEntry], np.ndarray]:
@@ -239,7 +248,7 @@ class Run:
         st = self.layout.stat(schema.ACT, name)
         if st is None:
             raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run")
-        data = self._f[f"{schema.ACT}/{name}"][self._rows(steps), :]
+        data = _missing_as_nan(self._f[f"{schema.ACT}/{name}"][self._rows(steps), :])
         if st.width != len(st.rows):
             raise MissingDataError(f"{self.path}: statistic {name!r} has several values per site; use stat()")
         return [self.layout.sites[r] for r in st.rows], data
@@ -314,7 +323,7 @@ class Run:
         for st in self.layout.stats:
             if st.group == schema.MODULE:
                 continue
-            data = self._f[f"{st.group}/{st.name}"][: self._n]
+            data = _missing_as_nan(self._f[f"{st.group}/{st.name}"][: self._n])
             if st.group == schema.GRAD:
                 entries = sorted((e for e in self.layout.layers if e.grad_index is not None), key=lambda e: e.grad_index)
                 for e in entries:

@@ -29,6 +29,8 @@ from normviz.store.layout import Layout
 
 _DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32}
 _CHUNK_BYTES = 256 * 1024
+#: Integer statistics store this where a site did not run in a step (floats store NaN).
+MISSING_INT = -1
 _FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "fletcher32": True}
 
 
@@ -263,7 +265,10 @@ class RunWriter:
             f8 = np.stack([r[3] for r in self._rows]) if self._rows[0][3].size else None
             for st in layout.stats:
                 block = (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width]  # type: ignore[index]
-                _append(f[f"{st.group}/{st.name}"], block.astype(_DTYPES[st.dtype], copy=False))
+                dtype = _DTYPES[st.dtype]
+                if np.issubdtype(dtype, np.integer):
+                    block = np.where(np.isnan(block), MISSING_INT, block)  # a site that did not run this step
+                _append(f[f"{st.group}/{st.name}"], block.astype(dtype, copy=False))
             _append(f[schema.WALL_TIME], np.array([r[1] for r in self._rows], dtype=np.float64))
         if self._scalar_rows:
             self._append_scalars(f)
