@@ -69,6 +69,7 @@ __all__ = [
     "envelope",
     "first_nonfinite",
     "flow_matrix",
+    "forward_row",
     "gaussian_symmetric_kl",
     "level_columns",
     "log_limits",
@@ -348,6 +349,22 @@ def pick_rows(n: int, k: int = 3) -> list[int]:
         return [n - 1]
     picks = np.round(np.linspace(0, n - 1, min(k, n))).astype(int)
     return sorted({int(i) for i in picks})
+
+
+def forward_row(steps: Any, row: int) -> int:
+    """The recorded row holding the parameters the forward pass of ``row`` used.
+
+    Module tensors (γ, β, running statistics) are recorded when the step
+    closes, after the optimizer has updated them, while activations are
+    recorded during the forward pass. The γ and β that produced the
+    activations of training step ``s`` are those recorded at step ``s − 1``:
+    that row is returned when step ``s − 1`` was recorded, else ``row``
+    itself (off by one update).
+    """
+    arr = np.asarray(steps)
+    if 0 < row < len(arr) and arr[row - 1] == arr[row] - 1:
+        return row - 1
+    return row
 
 
 def first_nonfinite(*arrays: Any) -> int | None:

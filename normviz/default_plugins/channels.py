@@ -3,7 +3,9 @@
 1. Per-channel distributions before (input) and after (output) a norm layer at
    a few steps (first, middle and last recorded by default): each channel's
    mean ± standard deviation, lighter for earlier steps. On the output side the
-   layer's β (black tick) and β ± |γ| (grey bar) are drawn behind: a norm that
+   layer's β (black tick) and β ± |γ| (grey bar) at the last step are drawn
+   behind (those the forward pass used: recorded one step earlier, when that
+   step was recorded, since γ and β are recorded after the update): a norm that
    normalizes each channel over the batch (BatchNorm) or each (sample, channel)
    (InstanceNorm) puts every channel's mean at β and its spread at |γ|; norms
    whose groups cut across channels (LayerNorm, GroupNorm, RMSNorm) do not.
@@ -67,19 +69,20 @@ def _channel_panel(ax: Any, run: Any, layer: str, role: str, picks: list[int], c
         ax.errorbar(x, mean, yerr=std, fmt="o", markersize=2, elinewidth=0.6, color=shade, capsize=0,
                     gid=f"channels:{run.label}:{layer}:{role}:{int(run.steps[row])}")
     if role == "output":
+        used = analysis.forward_row(run.steps, picks[-1])  # γ, β are recorded after the update
+        last = slice(used, used + 1)
         try:
-            beta = run.module_stat("bias", layer, steps=slice(picks[-1], picks[-1] + 1))[0]
-        except MissingDataError:
-            beta = None
-        try:
-            gamma = run.module_stat("weight", layer, steps=slice(picks[-1], picks[-1] + 1))[0]
+            gamma = np.abs(common.module_channels(run, "weight", layer, role, steps=last)[0][keep])
         except MissingDataError:
             gamma = None
-        if gamma is not None and len(gamma) == len(index):
-            b = beta[index][keep] if beta is not None and len(beta) == len(index) else np.zeros(len(keep))
-            g = np.abs(gamma[index][keep])
-            ax.bar(ids, 2 * g, bottom=b - g, width=0.85 * spacing, color="0.88", zorder=0, gid="gamma")
-            ax.plot(ids, b, linestyle="none", marker="_", markersize=5, color="black", zorder=1, gid="beta")
+        try:
+            beta = common.module_channels(run, "bias", layer, role, steps=last)[0][keep]
+        except MissingDataError:
+            beta = np.zeros(len(keep))
+        if gamma is not None:
+            ax.bar(ids, 2 * gamma, bottom=beta - gamma, width=0.85 * spacing, color="0.88", zorder=0, gid="gamma")
+            ax.plot(ids, beta, linestyle="none", marker="_", markersize=5, color="black", zorder=1, gid="beta")
+    ax.set_xlim(ids[0] - spacing, ids[-1] + spacing)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
 
 
@@ -117,12 +120,11 @@ def _bn_panel(axes: list[Any], run: Any, layer: str, rows: slice, color: str) ->
     colors = common.shades(color, len(picks), lightest=0.6)
     for ax, batch_stat, running in zip(axes, ("channel_mean", "channel_var"), ("running_mean", "running_var")):
         batch = run.stat(batch_stat, layer, "input", steps=rows)
-        run_stat = run.module_stat(running, layer, steps=rows)
+        run_stat = common.module_channels(run, running, layer, "input", steps=rows)
         for c, shade in zip(picks, colors):
             ax.plot(x, batch[:, c], linestyle="none", marker=".", markersize=2.5, color=shade,
                     gid=f"batch:{batch_stat}:{int(index[c])}")
-            if run_stat.shape[1] > index[c]:
-                ax.plot(x, run_stat[:, index[c]], color=shade, linewidth=1.0, gid=f"running:{running}:{int(index[c])}")
+            ax.plot(x, run_stat[:, c], color=shade, linewidth=1.0, gid=f"running:{running}:{int(index[c])}")
         ax.set_xlabel("training step")
     axes[0].set_title(f"BN {layer}: channel mean", loc="left", fontsize="small")
     axes[1].set_title("channel variance", loc="left", fontsize="small")

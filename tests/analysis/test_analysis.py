@@ -96,6 +96,12 @@ def test_pick_rows_first_middle_last():
     assert analysis.pick_rows(0) == []
 
 
+def test_forward_row_is_the_previous_step_when_recorded():
+    assert analysis.forward_row([0, 1, 2], 2) == 1
+    assert analysis.forward_row([0, 5, 10], 2) == 2  # step 9 was not recorded
+    assert analysis.forward_row([0, 1, 2], 0) == 0
+
+
 def test_first_nonfinite_and_scalar_divergence():
     assert analysis.first_nonfinite(np.ones((3, 2)), np.array([1.0, 2.0, np.inf])) == 2
     assert analysis.first_nonfinite(np.ones(4)) is None
