@@ -44,7 +44,8 @@ def _drifts(run: Any, rows: slice, layers: str | None) -> list[tuple[analysis.Dr
     return out
 
 
-def _band(ax: Any, run: Any, look: Any, layer: str, role: str, rows: slice, max_points: int, fill: bool) -> bool:
+def _band(ax: Any, run: Any, look: Any, layer: str, role: str, rows: slice, max_points: int, fill: bool,
+          panel: str) -> bool:
     try:
         values = run.stat("percentiles", layer, role, steps=rows)
     except MissingDataError as exc:
@@ -59,7 +60,8 @@ def _band(ax: Any, run: Any, look: Any, layer: str, role: str, rows: slice, max_
         ax.fill_between(xs, lo, hi, color=look.color, alpha=0.15, linewidth=0)
     for level, series, width in zip(BAND_LEVELS, (lo, mid, hi), (0.6, 1.0, 0.6)):
         ax.plot(xs, series, color=look.color, linewidth=width,
-                linestyle=look.linestyle if level == 50 else "-", gid=f"p{level:g}:{run.label}:{layer}:{role}")
+                linestyle=look.linestyle if level == 50 else "-",
+                gid=f"p{level:g}:{run.label}:{layer}:{role}" + ("" if panel == role else f"->{panel}"))
     return True
 
 
@@ -160,9 +162,9 @@ def draw(
         has = any(layer.name == name for layer in run.layers)
         for ax, role in zip(band_axes, ("input", "output")):
             if has:
-                ok = _band(ax, run, look, name, role, rows, max_points, fill=single)
+                ok = _band(ax, run, look, name, role, rows, max_points, fill=single, panel=role)
             elif stand_in is not None and run.norm_kind == "none":
-                ok = _band(ax, run, look, stand_in[0], stand_in[1], rows, max_points, fill=single)
+                ok = _band(ax, run, look, stand_in[0], stand_in[1], rows, max_points, fill=single, panel=role)
             else:
                 ok = False
             if ok:

@@ -132,11 +132,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 def figure_name(text: str) -> str:
     """``text`` made safe as a file-name part: no path separators, no traversal.
 
-    Runs of characters other than letters, digits and ``._+=-`` become ``_``;
-    leading dots are removed; an empty result becomes ``"run"``.
+    Runs of characters other than letters, digits and ``._+=-`` become ``_``,
+    as does ``..``; leading and trailing dots and underscores are removed; an
+    empty result becomes ``"run"``.
     """
-    name = _UNSAFE.sub("_", str(text)).strip("_")
-    name = name.lstrip(".")
+    name = re.sub(r"\.{2,}", "_", str(text))  # no "..", wherever it is
+    name = _UNSAFE.sub("_", name)
+    name = re.sub(r"_{2,}", "_", name).strip("_.")
     return name[:120] or "run"
 
 

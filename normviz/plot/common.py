@@ -231,20 +231,28 @@ def _style_limit(width: float) -> float | None:
     return None
 
 
+#: Aspect (height / width) of one row of panels in the ``paper`` style; the
+#: ``row_ratio`` of :func:`fit_rows` is relative to it.
+PAPER_ROW_ASPECT = 0.75
+
+
 def fit_rows(fig: Figure, nrows: float, *, row_ratio: float | None = None) -> None:
     """Set the figure height for ``nrows`` rows of panels, keeping its width.
 
-    A row is ``row_ratio`` × width high (default: the aspect of the active
-    style's ``figure.figsize``); the height is capped at what the style allows
-    (9 in for the paper styles, one slide for ``slides``).
+    A row is as high as the active style's rows (the aspect of its
+    ``figure.figsize``: 0.75 of the width for ``paper``, flatter for the wide
+    styles). ``row_ratio`` overrides the height of a row, as a fraction of the
+    width in the ``paper`` style; other styles scale it by their own aspect.
+    The height is capped at what the style allows (9 in for the paper styles,
+    one slide for ``slides``).
     """
     import matplotlib
 
     width = fig.get_figwidth()
-    if row_ratio is None:
-        w, h = matplotlib.rcParams["figure.figsize"]
-        row_ratio = h / w
-    height = width * row_ratio * max(nrows, 1)
+    w, h = matplotlib.rcParams["figure.figsize"]
+    aspect = h / w
+    ratio = aspect if row_ratio is None else row_ratio * aspect / PAPER_ROW_ASPECT
+    height = width * ratio * max(nrows, 1)
     limit = _style_limit(width)
     if limit is not None:
         height = min(height, limit)
@@ -321,7 +329,13 @@ def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
     if not handles:
         return None
     n = len(labels)
-    cols = ncols if ncols is not None else (n if n <= 3 else (3 if n in (5, 6, 9) else 4))
+    wide = fig.get_figwidth() > 5.0
+    if ncols is not None:
+        cols = ncols * (2 if wide and ncols * 2 <= n else 1)
+    elif wide:
+        cols = min(n, 6)
+    else:
+        cols = n if n <= 3 else (3 if n in (5, 6, 9) else 4)
     cols = min(cols, n)
     rows = -(-n // cols) + (1 if title else 0)
     import matplotlib
@@ -398,3 +412,27 @@ def focus_layer(runs: Sequence[Any], layers: str | None = None, *, deepest: bool
         return None
     sign = -1 if deepest else 1
     return min(counts, key=lambda n: (-counts[n], sign * order[n][0], order[n][1]))
+
+
+def module_channels(run: Any, name: str, layer: str, role: str = "output", *, steps: slice | None = None) -> Any:
+    """A module tensor (``weight``, ``bias``, ``running_mean``, …) on the channels a site stores.
+
+    Per-channel series of wide layers are thinned to the channels listed by
+    ``run.channel_index(layer, role)``; module tensors are thinned the same way
+    or stored whole. Either way the result is ``[S, len(channel_index)]``.
+
+    Raises
+    ------
+    MissingDataError
+        When the tensor was not recorded, or its width matches neither.
+    """
+    values = np.asarray(run.module_stat(name, layer, steps=steps))
+    index = np.asarray(run.channel_index(layer, role))
+    if values.shape[1] == len(index):
+        return values
+    if len(index) and values.shape[1] > int(index.max()):
+        return values[:, index]
+    raise MissingDataError(
+        f"{run.path}: {name!r} of layer {layer!r} has {values.shape[1]} values, "
+        f"which do not line up with its {len(index)} stored channels"
+    )
