@@ -1,0 +1,145 @@
+"""What the built-in renderers draw equals what the runs recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+import normviz
+from normviz import analysis
+from normviz.errors import MissingDataError
+from normviz.plot.palette import kind_color
+
+
+def by_gid(fig: Figure, gid: str, cls: type = object):
+    """The one artist of ``fig`` (of type ``cls``) with this gid."""
+    found = fig.findobj(match=lambda a: isinstance(a, cls) and a.get_gid() == gid)
+    assert len(found) == 1, f"{len(found)} artists with gid {gid!r}"
+    return found[0]
+
+
+def gids(fig: Figure, prefix: str) -> list[str]:
+    return sorted({a.get_gid() for a in fig.findobj(match=lambda a: str(a.get_gid() or "").startswith(prefix))})
+
+
+def test_gradient_flow_heatmap_is_the_recorded_gradient_norm(kind_runs):
+    run = kind_runs["batch"]
+    fig = normviz.plot(run, "gradient-flow")
+    names, values = run.grad("grad_norm")
+    mesh = by_gid(fig, f"grad_norm:{run.label}")
+    np.testing.assert_allclose(np.ma.filled(mesh.get_array(), np.nan), values.T, rtol=1e-6)
+    # mean and max |grad| lines, and the update ratio, per layer
+    for stat in ("grad_abs_mean", "grad_abs_max", "update_ratio"):
+        j = len(names) - 1
+        line = by_gid(fig, f"{stat}:{run.label}:{names[j]}")
+        np.testing.assert_allclose(line.get_ydata(), run.grad(stat)[1][:, j], rtol=1e-6)
+        np.testing.assert_array_equal(line.get_xdata(), run.steps)
+
+
+def test_gradient_flow_compares_runs_on_one_log_scale(kind_runs):
+    runs = [kind_runs["batch"], kind_runs["none"]]
+    fig = normviz.plot(runs, "gradient-flow", layers="0")
+    meshes = [by_gid(fig, f"grad_norm:{r.label}") for r in runs]
+    assert meshes[0].get_array().shape == (1, len(runs[0].steps))  # the layers glob keeps layer "0" only
+    assert meshes[0].norm.vmin == meshes[1].norm.vmin and meshes[0].norm.vmax == meshes[1].norm.vmax
+    assert by_gid(fig, f"update_ratio:{runs[0].label}").get_color() == kind_color("batch")
+
+
+def test_covariate_shift_bands_are_the_recorded_percentiles(kind_runs):
+    run = kind_runs["batch"]
+    fig = normviz.plot(run, "covariate-shift")
+    levels = run.layout.percentile_levels
+    for role in ("input", "output"):
+        pct = run.stat("percentiles", "1", role)
+        for level in (15, 50, 85):
+            line = by_gid(fig, f"p{level}:{run.label}:1:{role}")
+            np.testing.assert_allclose(line.get_ydata(), pct[:, levels.index(level)], rtol=1e-6)
+
+
+def test_covariate_shift_drift_lines(kind_runs):
+    run = kind_runs["group"]
+    fig = normviz.plot(run, "covariate-shift")
+    drawn = gids(fig, "drift:")
+    # conv 0's output is the GroupNorm's input: drawn once, as the norm's input
+    assert f"drift:{run.label}:1:input" in drawn and f"drift:{run.label}:0:output" not in drawn
+    expected = analysis.channel_drift(run.stat("channel_mean", "1", "input"), run.stat("channel_var", "1", "input"))
+    np.testing.assert_allclose(by_gid(fig, f"drift:{run.label}:1:input").get_ydata(), expected)
+
+
+def test_covariate_shift_lines_up_a_run_without_norm(kind_runs):
+    runs = [kind_runs["batch"], kind_runs["none"]]
+    fig = normviz.plot(runs, "covariate-shift")
+    # the run without norm has no layer "1": its conv output stands for the norm's input
+    assert f"drift:{runs[1].label}:0:output" in gids(fig, "drift:")
+    none_band = by_gid(fig, f"p50:{runs[1].label}:0:output")
+    np.testing.assert_allclose(none_band.get_ydata(), runs[1].stat("percentiles", "0", "output")[:, 4], rtol=1e-6)
+
+
+def test_loss_lines_are_the_loss_scalar_and_steps_option(kind_runs):
+    runs = [kind_runs["batch"], kind_runs["layer"]]
+    fig = normviz.plot(runs, "loss")
+    for run in runs:
+        line = by_gid(fig, f"loss:{run.label}")
+        np.testing.assert_allclose(line.get_ydata(), run.scalar("loss"))
+        np.testing.assert_array_equal(line.get_xdata(), run.scalar_steps)
+        assert line.get_color() == kind_color(run.norm_kind)
+    fig = normviz.plot(runs[0], "loss", steps="1:3")
+    np.testing.assert_array_equal(by_gid(fig, f"loss:{runs[0].label}").get_xdata(), [1, 2])
+
+
+def test_histograms_mesh_is_the_recorded_histogram(kind_runs):
+    run = kind_runs["layer"]
+    fig = normviz.plot(run, "histograms")
+    for role in ("input", "output"):
+        mesh = by_gid(fig, f"hist:{run.label}:1:{role}")
+        hist = run.stat("hist", "1", role).astype(float)
+        np.testing.assert_array_equal(np.ma.filled(mesh.get_array(), 0.0), np.where(hist > 0, hist, 0.0).T)
+        edges = run.hist_edges("1", role)
+        y = mesh.get_coordinates()[:, 0, 1]
+        np.testing.assert_allclose(y[1:-1], edges, rtol=1e-6)  # one under- and one overflow bin around them
+
+
+def test_channels_points_are_channel_statistics_and_beta(kind_runs):
+    run = kind_runs["instance"]
+    fig = normviz.plot(run, "channels")
+    last = len(run.steps) - 1
+    line = by_gid(fig, f"channels:{run.label}:1:output:{run.steps[last]}", Line2D)
+    np.testing.assert_allclose(line.get_ydata(), run.stat("channel_mean", "1", "output")[last], rtol=1e-6)
+    # γ and β are recorded after the update: the forward pass of the last step used the previous row's
+    beta = run.module_stat("bias", "1")[last - 1]
+    np.testing.assert_allclose(by_gid(fig, "beta").get_ydata(), beta, rtol=1e-6)
+    # InstanceNorm holds every (sample, channel) at mean 0, so each channel's output mean is its β
+    np.testing.assert_allclose(line.get_ydata(), beta, atol=1e-5)
+
+
+def test_channels_batchnorm_running_statistics(kind_runs):
+    run = kind_runs["batch"]
+    fig = normviz.plot(run, "channels")
+    line = by_gid(fig, "running:running_mean:0")
+    np.testing.assert_allclose(line.get_ydata(), run.module_stat("running_mean", "1")[:, 0], rtol=1e-6)
+    batch = by_gid(fig, "batch:channel_mean:0")
+    np.testing.assert_allclose(batch.get_ydata(), run.stat("channel_mean", "1", "input")[:, 0], rtol=1e-6)
+
+
+def test_channels_without_any_norm_layer_says_so(kind_runs, tmp_path):
+    import torch
+    from torch import nn
+
+    from normviz.testing import record_run
+
+    run = record_run(tmp_path / "plain.h5", nn.Sequential(nn.Linear(3, 2)), lambda g: torch.randn(4, 3, generator=g),
+                     steps=2)
+    with pytest.raises(MissingDataError, match="no norm layer"):
+        normviz.plot(run, "channels")
+
+
+def test_nonfinite_runs_are_drawn_up_to_the_divergence(contract_runs):
+    run = contract_runs.nonfinite[0]
+    fig = normviz.plot(run, "gradient-flow")
+    assert by_gid(fig, f"grad_norm:{run.label}").get_array().shape[1] == 3  # steps 0, 1 and 2 (the divergence)
+    marks = fig.findobj(match=lambda a: a.get_gid() == "nonfinite")
+    assert marks and all(np.all(np.asarray(m.get_xdata()) == 2) for m in marks)
+    fig = normviz.plot(run, "histograms")
+    assert fig.findobj(match=lambda a: a.get_gid() == "nonfinite")
