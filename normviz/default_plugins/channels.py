@@ -16,7 +16,8 @@
 3. BatchNorm's batch statistics against its running statistics (the ones eval
    mode uses) for a few channels over training, when a run has BatchNorm.
 
-One run: up to ``max_layers`` norm layers. Several runs: one row per run, all
+A run that became non-finite is shown up to its last finite step. One run: up
+to ``max_layers`` norm layers. Several runs: one row per run, all
 on the same layer (the first norm layer they share); runs without a norm
 layer are left out of rows 1 and 2.
 """
@@ -45,6 +46,14 @@ def _plan(runs: list[Any], layers: str | None, max_layers: int) -> list[tuple[An
         return [(runs[0], n) for n in analysis.select_names(analysis.select_names(norms, layers), None, max_layers)]
     name = common.focus_layer(runs, layers)
     return [(run, name) for run in runs if name is not None and any(lay.name == name for lay in run.layers)]
+
+
+def _finite_rows(run: Any, rows: slice) -> slice:
+    """``rows`` up to (not including) the first non-finite row, when any row is left."""
+    cut, diverged = common.divergence(run, rows)
+    if diverged is not None and cut.stop - 1 > cut.start:
+        return slice(cut.start, cut.stop - 1)
+    return cut
 
 
 def _rows_at(run: Any, rows: slice, at: Any) -> list[int]:
@@ -125,7 +134,7 @@ def _bn_panel(axes: list[Any], run: Any, layer: str, rows: slice, color: str) ->
             ax.plot(x, batch[:, c], linestyle="none", marker=".", markersize=2.5, color=shade,
                     gid=f"batch:{batch_stat}:{int(index[c])}")
             ax.plot(x, run_stat[:, c], color=shade, linewidth=1.0, gid=f"running:{running}:{int(index[c])}")
-        ax.set_xlabel("training step")
+        common.step_axis(ax)
     axes[0].set_title(f"BN {layer}: channel mean", loc="left", fontsize="small")
     axes[1].set_title("channel variance", loc="left", fontsize="small")
     if common.wants_log(run.stat("channel_var", layer, "input", steps=rows), 10.0):
@@ -155,7 +164,7 @@ def draw(
         raise MissingDataError("channels: no norm layer" + (f" matches {layers!r}" if layers else "")
                                + " in " + ", ".join(r.label for r in runs))
     looks = {id(r): lk for r, lk in zip(runs, common.run_looks(runs))}
-    windows = {id(run): common.divergence(run, common.step_rows(run, steps))[0] for run, _ in plan}
+    windows = {id(run): _finite_rows(run, common.step_rows(run, steps)) for run, _ in plan}
     picks = {id(run): _rows_at(run, windows[id(run)], at) for run, _ in plan}
     bn = next(((run, layer) for run, layer in plan if {lay.name: lay.kind for lay in run.layers}[layer] == "batch"
                and "running_mean" in run.statistics.get("module", [])), None)
@@ -189,6 +198,9 @@ def draw(
                                      (axes[1], "group_scale", 1.0, "group scales")):
             ax.axhline(ref, color="0.6", linewidth=0.6, linestyle="--", zorder=0)
             values = _group_boxes(ax, groups, stat, last)
+            if not values:
+                ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center",
+                        fontsize="small", color="0.4")
             ax.set_title(f"{title} (last step)", loc="left", fontsize="small")
             if stat == "group_scale" and common.wants_log(values, 30.0):
                 ax.set_yscale("log")

@@ -10,7 +10,9 @@ axes so that, e.g., none vs batch can be compared at a glance.
 
 Bottom: Ioffe & Szegedy (2015, Fig. 1) bands: the 15th, 50th and 85th
 percentiles of the values entering and leaving a norm layer (by default the
-deepest norm layer the runs share) over training, runs overlaid.
+deepest norm layer the runs share) over training, runs overlaid. A run of kind
+``none`` whose model lacks that layer is drawn with the output of the layer
+that feeds the norm in the other runs (its "input", unchanged at the "output").
 """
 
 from __future__ import annotations
@@ -137,8 +139,7 @@ def draw(
             if single:
                 handles.append(Line2D([], [], color=color))
                 labels.append(f"{site.label} {site.module_type}")
-    values = np.concatenate([np.asarray(ln.get_ydata(), float) for ax in drift_axes for ln in ax.get_lines()]
-                            or [np.array([])])
+    values = np.concatenate([common.drawn_values(ax) for ax in drift_axes])
     for p, ax in enumerate(drift_axes):
         if common.positive(values):
             ax.set_yscale("log")
@@ -148,7 +149,7 @@ def draw(
             ax.set_title(titles.get(panels[p], f"{layer or '(root)'} {role}"), loc="left", fontsize="small")
     if single:
         drift_axes[0].set_title("drift of each layer's input between recorded steps", loc="left", fontsize="small")
-    drift_axes[-1].set_xlabel("training step")
+    common.step_axis(drift_axes[-1])
     drift_axes[len(drift_axes) // 2].set_ylabel("drift (sym. KL, nats)")
     band_axes = [fig.add_subplot(grid[-1, 0]), fig.add_subplot(grid[-1, 1])]
     band_axes[1].sharey(band_axes[0])
@@ -171,12 +172,11 @@ def draw(
                 drawn[role] = True
                 common.mark_nonfinite(ax, diverged, label=False)
     for ax, role in zip(band_axes, ("input", "output")):
-        ax.set_title(f"{role} of {name or '(root)'}: {BAND_LEVELS[0]:g}/{BAND_LEVELS[1]:g}/{BAND_LEVELS[2]:g}th pct"
-                     if role == "input" else f"{role}", loc="left", fontsize="small")
-        ax.set_xlabel("training step")
+        ax.set_title(f"{role} of {name or '(root)'}" if role == "input" else role, loc="left", fontsize="small")
+        common.step_axis(ax)
         if not drawn[role]:
             common.no_data(ax, f"{role} of {name or '(root)'} not recorded")
-    band_axes[0].set_ylabel("value")
+    band_axes[0].set_ylabel("{:g}/{:g}/{:g}th percentiles".format(*BAND_LEVELS))
     band_axes[1].tick_params(labelleft=False)
     if not single:
         handles, labels = common.look_handles(looks)

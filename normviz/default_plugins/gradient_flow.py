@@ -15,6 +15,7 @@ that became non-finite is drawn up to that step, marked in red.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,8 @@ def _depth_profile(ax_g: Any, ax_r: Any, runs: list[Any], data: list[dict[str, A
     for d in data:
         order += [n for n in d["names"] if n not in order]
     pos = {name: i for i, name in enumerate(order)}
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after a divergence
         for run, d, look in zip(runs, data, looks):
             x = [pos[n] for n in d["names"]]
             mean = np.nanmedian(np.where(np.isfinite(d["grad_abs_mean"]), d["grad_abs_mean"], np.nan), axis=0)
@@ -103,10 +105,10 @@ def _depth_profile(ax_g: Any, ax_r: Any, runs: list[Any], data: list[dict[str, A
             common.line(ax_r, d["steps"], np.nanmedian(ratio, axis=1) if ratio.shape[1] else ratio[:, 0],
                         max_points=max_points, color=look.color, linestyle=look.linestyle,
                         gid=f"update_ratio:{run.label}")
-    picks = analysis.pick_rows(len(order), 8)
-    ax_g.set_xticks(picks, [order[i] or "(root)" for i in picks])
+    picks = analysis.pick_rows(len(order), 6)
+    ax_g.set_xticks(picks, [order[i] or "(root)" for i in picks], rotation=30, ha="right", fontsize="x-small")
     ax_g.set_xlabel("layer (input → output)")
-    ax_g.set_title("|grad| across depth (median over steps); dotted: max", loc="left", fontsize="small")
+    ax_g.set_title("median |grad| per layer (dotted: max)", loc="left", fontsize="small")
 
 
 def draw(
@@ -155,7 +157,7 @@ def draw(
         ax.tick_params(labelbottom=(i == len(runs) - 1 and not single))
         heat_axes.append(ax)
     if not single:
-        heat_axes[-1].set_xlabel("training step")
+        common.step_axis(heat_axes[-1])
     assert mesh is not None  # one heatmap per run, and there is a run
     cbar = fig.colorbar(mesh, ax=heat_axes, pad=0.01, fraction=0.04, aspect=max(8, 8 * len(heat_axes)))
     cbar.set_label(r"$\|\nabla W\|_2$")
@@ -176,15 +178,14 @@ def draw(
         if single:
             common.mark_nonfinite(ax_g, d["diverged"], label=False)
     for ax in (ax_g, ax_r):
-        values = [np.asarray(ln.get_ydata(), dtype=np.float64) for ln in ax.get_lines()]
-        if common.positive(np.concatenate(values) if values else np.array([])):
+        if common.positive(common.drawn_values(ax)):
             ax.set_yscale("log")
     ax_r.axhline(RATIO_REFERENCE, color="0.5", linewidth=0.6, linestyle="--", zorder=0)
     ax_g.set_ylabel("|grad|")
     ax_r.set_ylabel(r"$\|\Delta W\| / \|W\|$")
     ax_r.set_title("update-to-weight ratio" + ("" if single else ", median over layers"), loc="left",
                    fontsize="small")
-    ax_r.set_xlabel("training step")
+    common.step_axis(ax_r)
     if any(d["diverged"] is not None for d in data):
         handles = [*handles, common.nonfinite_handle()]
         labels = [*labels, "non-finite"]

@@ -151,7 +151,7 @@ def draw(
             if i == last:
                 last_row.append(ax)
     for ax in last_row:
-        ax.set_xlabel("training step")
+        common.step_axis(ax)
     if mesh is not None:
         cbar = fig.colorbar(mesh, ax=all_axes, pad=0.01, fraction=0.04, aspect=max(10, 10 * len(panels)))
         cbar.set_label("count in sample (log)")

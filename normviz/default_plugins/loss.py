@@ -100,7 +100,7 @@ def draw(
         values = np.concatenate(drawn) if drawn else np.array([])
         if common.wants_log(values):
             ax.set_yscale("log")
-    axes[-1].set_xlabel("training step")
+    common.step_axis(axes[-1])
     handles, labels = common.look_handles(looks)
     if any(ax.findobj(match=lambda a: getattr(a, "get_gid", lambda: None)() == "nonfinite") for ax in axes):
         handles.append(common.nonfinite_handle())

@@ -436,3 +436,18 @@ def module_channels(run: Any, name: str, layer: str, role: str = "output", *, st
         f"{run.path}: {name!r} of layer {layer!r} has {values.shape[1]} values, "
         f"which do not line up with its {len(index)} stored channels"
     )
+
+
+def drawn_values(ax: Axes) -> Any:
+    """The y values of the data lines of ``ax`` (markers such as :func:`mark_nonfinite` left out)."""
+    values = [np.asarray(ln.get_ydata(), dtype=np.float64).ravel() for ln in ax.get_lines()
+              if ln.get_gid() != "nonfinite"]
+    return np.concatenate(values) if values else np.array([])
+
+
+def step_axis(ax: Axes) -> None:
+    """Label the x axis "training step", with integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
