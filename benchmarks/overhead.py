@@ -582,7 +582,13 @@ def benchmark_model(
     workdir: Path,
     memory: PeakMemory,
     log: Callable[[str], None],
-) -> list[Cell]:
+    time_share_s: float = math.inf,
+) -> tuple[list[Cell], int]:
+    """Run the rounds for one model; stop starting rounds after ``time_share_s``.
+
+    Returns the cells and the number of rounds run (at least one).
+    """
+    started = time.perf_counter()
     cells = {v.name: Cell(spec.name, v.name, v.label) for v in variants}
     for name, reason in unavailable.items():
         cells[name].status = reason
@@ -590,7 +596,12 @@ def benchmark_model(
     runnable = [v for v in variants if v.name not in unavailable]
     # One untimed bare session first, so that no variant pays for a cold start.
     run_session(spec, data, Bare(), Session(spec.name, -1, workdir), replace(settings, steps=2), memory)
+    rounds_run = 0
     for r in range(settings.rounds):
+        if r > 0 and time.perf_counter() - started > time_share_s:
+            log(f"  {spec.name}: time limit reached after {r} of {settings.rounds} rounds")
+            break
+        rounds_run += 1
         shift = r % len(runnable) if runnable else 0
         order = runnable[shift:] + runnable[:shift]
         for position, variant in enumerate(order):
@@ -610,7 +621,7 @@ def benchmark_model(
                 f"  {spec.name} round {r + 1}/{settings.rounds} {variant.name}: "
                 f"{sample.ms_per_step:.2f} ms/step ({sample.timed_steps} steps)"
             )
-    return [cells[v.name] for v in variants]
+    return [cells[v.name] for v in variants], rounds_run
 
 
 # --------------------------------------------------------------------------- reporting
@@ -691,7 +702,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             size = "—"
             if "bytes_per_recorded_step" in row:
                 size = f"{_fmt_bytes(row['bytes_per_recorded_step'])} ({row['recorded_steps_median']:.0f} rec.)"
-            note = f"{row['rounds']} rounds, {row['timed_steps']} timed steps"
+            note = f"{row['rounds']} round{'s' * (row['rounds'] != 1)}, {row['timed_steps']} timed steps"
             if row["status"] != "ok":  # failed after some rounds had run
                 note = f"{row['status']} (after {note})"
         else:
@@ -761,6 +772,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="stop a session's timing early once it has run this many seconds (default 1.5; quick 0.35)",
     )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="S",
+        help="stop starting new rounds once a model has used its share of S seconds "
+        "(default 900; quick 170); every model still gets one round",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--list", action="store_true", help="list models and variants, then exit")
     args = parser.parse_args(argv)
@@ -803,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
             unavailable[variant.name] = str(exc)
             log(f"{variant.name}: {exc}")
 
+    time_limit = args.time_limit or (170.0 if args.quick else 900.0)
+    time_share = time_limit / len(model_names)
+    short: list[str] = []
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
@@ -813,7 +834,11 @@ def main(argv: list[str] | None = None) -> int:
             spec = MODELS[name]
             log(f"{name}: {spec.description}")
             try:
-                cells = benchmark_model(spec, variants, unavailable, settings, Path(tmp), memory, log)
+                cells, rounds_run = benchmark_model(
+                    spec, variants, unavailable, settings, Path(tmp), memory, log, time_share
+                )
+                if rounds_run < settings.rounds:
+                    short.append(f"{name} ({rounds_run} of {settings.rounds})")
             except Exception as exc:  # e.g. the model itself failed to build
                 log(f"  {name}: error: {_one_line(exc)}")
                 cells = [Cell(name, v.name, v.label, status=f"error: {_one_line(exc)}") for v in variants]
@@ -839,6 +864,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(cut after {settings.budget_s:g} s), {settings.warmup} warm-up steps; runtime {runtime:.0f} s"
     )
     print(f"- memory: {memory.method}")
+    if short:
+        print(f"- time limit ({time_limit:g} s) cut the rounds of: {', '.join(short)}")
+    env["rounds_cut"] = short
     print()
     for name in model_names:
         print(f"- {name}: {MODELS[name].description}")
