@@ -776,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         "--time-limit",
         type=float,
         metavar="S",
-        help="stop starting new rounds once a model has used its share of S seconds "
+        help="stop starting new rounds once a model has used its share of S seconds (what is left, "
+        "shared by the models still to run) "
         "(default 900; quick 170); every model still gets one round",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -822,7 +823,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{variant.name}: {exc}")
 
     time_limit = args.time_limit or (170.0 if args.quick else 900.0)
-    time_share = time_limit / len(model_names)
     short: list[str] = []
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -830,9 +830,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="normviz-overhead-") as tmp:
         for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             os.environ.setdefault(key, str(Path(tmp) / "wandb-home"))
-        for name in model_names:
+        for index, name in enumerate(model_names):
             spec = MODELS[name]
             log(f"{name}: {spec.description}")
+            # What is left of the limit, shared by the models still to run.
+            time_share = max(0.0, time_limit - (time.perf_counter() - started)) / (len(model_names) - index)
             try:
                 cells, rounds_run = benchmark_model(
                     spec, variants, unavailable, settings, Path(tmp), memory, log, time_share
