@@ -778,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="stop starting new rounds once a model has used its share of S seconds (what is left, "
         "shared by the models still to run) "
-        "(default 900; quick 170); every model still gets one round",
+        "(default 840; quick 150); every model still gets one round",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--list", action="store_true", help="list models and variants, then exit")
@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             unavailable[variant.name] = str(exc)
             log(f"{variant.name}: {exc}")
 
-    time_limit = args.time_limit or (170.0 if args.quick else 900.0)
+    time_limit = args.time_limit or (150.0 if args.quick else 840.0)
     short: list[str] = []
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
