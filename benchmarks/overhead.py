@@ -627,6 +627,13 @@ def benchmark_model(
 # --------------------------------------------------------------------------- reporting
 
 
+# A bare-vs-bare median further than NOISY_MEDIAN from 1, or more than a quarter
+# of its rounds further than NOISY_ROUND, flags a model whose rounds were disturbed
+# (a busy machine). A single outlying round does not move the medians.
+NOISY_MEDIAN = 0.05
+NOISY_ROUND = 0.25
+
+
 def summarize(cell: Cell, bare: Cell | None) -> dict[str, Any]:
     row: dict[str, Any] = {"model": cell.model, "variant": cell.variant, "label": cell.label, "status": cell.status}
     if not cell.samples:
@@ -645,18 +652,17 @@ def summarize(cell: Cell, bare: Cell | None) -> dict[str, Any]:
         bare_ms = {s.round: s.ms_per_step for s in bare.samples}
         ratios = [s.ms_per_step / bare_ms[s.round] for s in cell.samples if s.round in bare_ms]
         if ratios:
-            row.update(ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
+            row.update(
+                ratio_median=statistics.median(ratios),
+                ratio_min=min(ratios),
+                ratio_max=max(ratios),
+                ratio_outliers=sum(abs(r - 1) > NOISY_ROUND for r in ratios),
+            )
     written = [(s.bytes_written, s.recorded_steps) for s in cell.samples if s.bytes_written is not None]
     if written:
         row["bytes_per_recorded_step"] = statistics.median(b / max(1, n or 1) for b, n in written)
         row["recorded_steps_median"] = statistics.median(n or 0 for _, n in written)
     return row
-
-
-# A bare-vs-bare median further than this from 1, or any round further than
-# NOISY_ROUND, flags a model whose rounds were disturbed (a busy machine).
-NOISY_MEDIAN = 0.05
-NOISY_ROUND = 0.25
 
 
 def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
@@ -665,8 +671,7 @@ def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         if row["variant"] != "bare-again" or "ratio_min" not in row:
             continue
-        spread = max(abs(row["ratio_min"] - 1), abs(row["ratio_max"] - 1))
-        if abs(row["ratio_median"] - 1) > NOISY_MEDIAN or spread > NOISY_ROUND:
+        if abs(row["ratio_median"] - 1) > NOISY_MEDIAN or row["ratio_outliers"] > row["rounds"] / 4:
             warnings.append(
                 f"{row['model']}: bare vs bare {row['ratio_median']:.2f}× "
                 f"({row['ratio_min']:.2f}–{row['ratio_max']:.2f}); something else was probably "
