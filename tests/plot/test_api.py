@@ -10,6 +10,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 from matplotlib.figure import Figure
+from renderer_runs import by_kind, shared_runs
 
 import normviz
 from normviz.datatypes import Renderer
@@ -18,6 +19,16 @@ from normviz.hookspecs import hookimpl
 from normviz.plot.api import figure_name, group_runs, parse_steps, plot, render_to_files
 from normviz.plot.style import figure_width
 from normviz.plugins import get_plugin_host
+
+
+@pytest.fixture(scope="module")
+def contract_runs(tmp_path_factory):
+    return shared_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def kind_runs(contract_runs):
+    return by_kind(contract_runs)
 
 
 def test_plot_returns_a_figure_outside_pyplot(kind_runs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from renderer_runs import shared_runs
 
 from normviz.errors import MissingDataError
 from normviz.plugins import BUILTIN, get_plugin_host
@@ -11,6 +12,11 @@ from normviz.testing import RendererContract
 HOST = get_plugin_host()
 RENDERERS = HOST.renderers()
 BUILTIN_RENDERERS = ("covariate-shift", "channels", "gradient-flow", "histograms", "loss")
+
+
+@pytest.fixture(scope="module")
+def contract_runs(tmp_path_factory):
+    return shared_runs(tmp_path_factory)
 
 
 def test_builtin_renderers_are_registered_as_plugins():

@@ -6,11 +6,22 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from renderer_runs import by_kind, shared_runs
 
 import normviz
 from normviz import analysis
 from normviz.errors import MissingDataError
 from normviz.plot.palette import kind_color
+
+
+@pytest.fixture(scope="module")
+def contract_runs(tmp_path_factory):
+    return shared_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def kind_runs(contract_runs):
+    return by_kind(contract_runs)
 
 
 def by_gid(fig: Figure, gid: str, cls: type = object):
