@@ -450,4 +450,4 @@ def step_axis(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("training step")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
