@@ -114,7 +114,13 @@ class RunWriter:
             return False
         done = threading.Event()
         self._queue.put(("flush", done))
-        return done.wait(timeout) and self.error is None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(0.1):
+            if self.error is not None or not self._thread.is_alive():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        return self.error is None
 
     def check(self) -> None:
         """Raise :class:`RecordingError` if writing failed and ``on_error="raise"``."""
@@ -170,9 +176,11 @@ class RunWriter:
         # Drain so that the training thread never blocks on a full queue.
         while True:
             try:
-                kind, _ = self._queue.get_nowait()
+                kind, payload = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if kind == "flush":
+                payload.set()  # nobody waits forever on a flush that will not happen
             if kind == "close":
                 self._queue.put(("close", None))
                 break
