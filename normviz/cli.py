@@ -195,9 +195,13 @@ def plot(
         raise NormvizError(f"{out_dir}: output folder is not writable")
     from normviz.store.reader import open_run
 
-    opened = [open_run(p) for p in paths]
+    from normviz.plot.api import group_runs
+
+    opened = []
     try:
-        n = len(wanted or known)
+        for p in paths:
+            opened.append(open_run(p))
+        n = len(group_runs(opened)) * len(wanted or known)
         with _progress(n, "plotting", quiet) as bar:
             report = render_to_files(
                 opened, out_dir, renderers=wanted, formats=fmts, style=style, layers=layers, steps=steps,
@@ -208,10 +212,14 @@ def plot(
             run.close()
     for path in report.written:
         click.echo(str(path))
+    for renderer, message in report.skipped.items():
+        click.echo(f"normviz: skipped renderer {renderer!r} on {message}", err=True)
     for renderer, message in report.failures.items():
-        click.echo(f"normviz: renderer {renderer!r} failed: {message}", err=True)
+        click.echo(f"normviz: {message}", err=True)
     if report.failures:
         raise _Failed(f"{len(report.failures)} renderer(s) failed; the other figures were written")
+    if wanted and not report.written:
+        raise _Failed("no figure was written: the requested renderers lack the data they need")
 
 
 def _writable(folder: Path) -> bool:
