@@ -38,6 +38,8 @@ class CoreObs:
     numel: torch.Tensor  # [1] float64
     sample: torch.Tensor  # [SAMPLE_SIZE] float32
     group: tuple[torch.Tensor, torch.Tensor] | None
+    min_c: torch.Tensor | None = None  # per-channel min and max (to derive a BatchNorm's output)
+    max_c: torch.Tensor | None = None
 
 
 def observe(
@@ -53,16 +55,48 @@ def observe(
         x = x.reshape(1)
     if base is None:
         mean_c, var_c = S.channel_moments(x, channel_dim)
-        lo, hi = torch.aminmax(x)
-        extrema = torch.stack((lo, hi)).float()
+        dims = S.reduce_dims(x.dim(), channel_dim)
+        # Per-channel extrema cost what one global aminmax costs and let a following
+        # BatchNorm's output statistics be derived without a pass of their own.
+        min_c = x.amin(dims).float() if dims else x.float()
+        max_c = x.amax(dims).float() if dims else x.float()
+        extrema = torch.stack((min_c.min(), max_c.max()))
         sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
         numel = torch.full((1,), float(x.numel()), dtype=torch.float64, device=x.device)
         nonfinite = estimate_nonfinite(mean_c, var_c, sample, x.numel())
-        base = CoreObs(mean_c, var_c, extrema, nonfinite, numel, sample, None)
+        base = CoreObs(mean_c, var_c, extrema, nonfinite, numel, sample, None, min_c, max_c)
     group = None
     if spec is not None and spec.group_dims is not None and spec.kind != "none":
         group = S.group_moments(x, spec, base.mean_c, base.var_c, gen)
-    return CoreObs(base.mean_c, base.var_c, base.extrema, base.nonfinite, base.numel, base.sample, group)
+    return CoreObs(
+        base.mean_c, base.var_c, base.extrema, base.nonfinite, base.numel, base.sample, group, base.min_c, base.max_c
+    )
+
+
+def derive_batchnorm_output(
+    y: torch.Tensor, inp: CoreObs, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+    gen: torch.Generator,
+) -> CoreObs:
+    """A training-mode BatchNorm's output statistics from its input's, with no pass over *y*.
+
+    y = γ (x − μ_B) / sqrt(σ²_B + ε) + β per channel, so the output's channel mean is β,
+    its variance γ² σ²_B / (σ²_B + ε), and its channel extrema the affine images of
+    the input's. Only the value sample is drawn from *y* itself.
+    """
+    assert inp.min_c is not None and inp.max_c is not None
+    scale = torch.rsqrt(inp.var_c + eps)
+    if weight is not None:
+        scale = scale * weight.detach().float()
+    shift = bias.detach().float() if bias is not None else torch.zeros_like(inp.mean_c)
+    mean_c = shift + 0.0 * inp.mean_c  # NaN/inf in the input stay visible
+    var_c = scale.square() * inp.var_c
+    lo = (inp.min_c - inp.mean_c) * scale + shift
+    hi = (inp.max_c - inp.mean_c) * scale + shift
+    min_c, max_c = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    extrema = torch.stack((min_c.min(), max_c.max()))
+    sample = S.draw_sample(y, S.SAMPLE_SIZE, gen)
+    group = (mean_c, var_c.sqrt())
+    return CoreObs(mean_c, var_c, extrema, inp.nonfinite, inp.numel, sample, group, min_c, max_c)
 
 
 def estimate_nonfinite(mean_c: torch.Tensor, var_c: torch.Tensor, sample: torch.Tensor, numel: int) -> torch.Tensor:

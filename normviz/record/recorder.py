@@ -58,13 +58,15 @@ class _SiteState:
 class _LayerHook:
     """The forward hook of one module. Returns None: a hook's return value replaces the output."""
 
-    __slots__ = ("recorder", "name", "spec", "is_norm")
+    __slots__ = ("recorder", "name", "spec", "is_norm", "is_batchnorm")
 
-    def __init__(self, recorder: Recorder, name: str, spec: NormSpec | None) -> None:
+    def __init__(self, recorder: Recorder, name: str, spec: NormSpec | None, module: nn.Module) -> None:
         self.recorder = recorder
         self.name = name
         self.spec = spec
         self.is_norm = spec is not None
+        # A training-mode BatchNorm's output statistics follow from its input's.
+        self.is_batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm) and spec is not None and spec.kind == "batch"
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         rec = self.recorder
@@ -74,11 +76,13 @@ class _LayerHook:
         rec._calls[self.name] = call + 1
         try:
             with torch.no_grad():
+                obs_in = None
                 if self.is_norm and args and isinstance(args[0], torch.Tensor):
-                    rec._observe(self.name, module, "input", call, args[0], self.spec)
+                    obs_in = rec._observe(self.name, module, "input", call, args[0], self.spec)
                 out = _first_tensor(output)
                 if out is not None:
-                    rec._observe(self.name, module, "output", call, out, self.spec)
+                    derive = obs_in if self.is_batchnorm and module.training else None
+                    rec._observe(self.name, module, "output", call, out, self.spec, derive_from=derive)
             if out is not None and out.requires_grad and torch.is_grad_enabled():
                 out.register_hook(_GradNormHook(rec, f"{self.name}|output|{call}"))
         except Exception as exc:  # noqa: BLE001 - recording must never break training
@@ -298,7 +302,7 @@ class Recorder:
             if spec is None and not has_params:
                 continue
             self._layers[name] = (module, spec)
-            self._handles.append(module.register_forward_hook(_LayerHook(self, name, spec)))
+            self._handles.append(module.register_forward_hook(_LayerHook(self, name, spec, module)))
 
     def _gen(self, device: torch.device) -> torch.Generator:
         gen = self._gens.get(device)
@@ -309,16 +313,23 @@ class Recorder:
         return gen
 
     def _observe(
-        self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None
-    ) -> None:
+        self,
+        name: str,
+        module: nn.Module,
+        role: str,
+        call: int,
+        x: torch.Tensor,
+        spec: NormSpec | None,
+        derive_from: core.CoreObs | None = None,
+    ) -> core.CoreObs | None:
         if name in self._disabled_layers or not x.is_floating_point() or x.numel() == 0:
-            return
+            return None
         key = f"{name}|{role}|{call}"
         st = self._sites.get(key)
         if st is None:
             st = self._new_site(name, module, role, call, x, spec)
             if st is None:
-                return
+                return None
         # The same tensor seen twice in a step (a convolution's output is the next norm's
         # input) is reduced once. A weak reference to the very object makes sure it is
         # the same live tensor, not a new one the allocator placed at a freed address.
@@ -329,11 +340,17 @@ class Recorder:
         x = x.detach()
         gen = self._gen(x.device)
         out: dict[str, Any] = self._results.setdefault(key, {})
-        obs = out[_CORE] = core.observe(x, st.site.channel_dim, st.spec, gen, base)
+        if derive_from is not None and derive_from.min_c is not None and base is None:
+            obs = core.derive_batchnorm_output(
+                x, derive_from, getattr(module, "weight", None), getattr(module, "bias", None), module.eps, gen
+            )
+        else:
+            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base)
+        out[_CORE] = obs
         if base is None:
             self._seen[ident] = (weakref.ref(tensor), obs)
         if not st.extras:
-            return
+            return obs
         ctx = S.SiteTensor(x, st.site, st.spec, gen, st.ctx_state)
         # Extras share the core's sample and moments: one sample per site and step.
         ctx._cache["sample"] = obs.sample
@@ -351,6 +368,7 @@ class Recorder:
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        return obs
 
     def _new_site(
         self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None

@@ -70,3 +70,20 @@ def test_batched_quantiles_rows_with_nan_padding(m):
             np.testing.assert_allclose(q[i].numpy(), np.percentile(row, levels.numpy()), rtol=1e-6)
         else:
             assert torch.isnan(q[i]).all()
+
+
+def test_batchnorm_output_derived_equals_observed():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0, 0.1, 1.0]))
+        bn.bias.copy_(torch.tensor([0.3, -1.0, 0.0, 2.0, 0.5]))
+    x = torch.randn(6, 5, 4, 4) * 3 + 7
+    y = bn(x)
+    inp = core.observe(x, 1, None, torch.Generator())
+    derived = core.derive_batchnorm_output(y, inp, bn.weight, bn.bias, bn.eps, torch.Generator())
+    direct = core.observe(y.detach(), 1, NormSpec("batch"), torch.Generator())
+    for field in ("mean_c", "var_c", "extrema", "min_c", "max_c"):
+        np.testing.assert_allclose(getattr(derived, field).numpy(), getattr(direct, field).numpy(), rtol=1e-4, atol=1e-5, err_msg=field)
+    for a, b in zip(derived.group, direct.group):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)

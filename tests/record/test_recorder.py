@@ -111,8 +111,9 @@ def test_site_statistics_equal_float64_reference(case, tmp_path):
             np.testing.assert_allclose(run.stat("channel_var", "1", role)[0], chans.var(1), rtol=1e-4, atol=1e-6)
             assert run.stat("mean", "1", role)[0] == pytest.approx(ref.mean(), rel=1e-4, abs=1e-6)
             assert run.stat("std", "1", role)[0] == pytest.approx(ref.std(), rel=1e-4)
-            assert run.stat("min", "1", role)[0] == pytest.approx(ref.min(), rel=1e-6)
-            assert run.stat("max", "1", role)[0] == pytest.approx(ref.max(), rel=1e-6)
+            # a BatchNorm's output extrema are derived from its input's: float32 rounding
+            assert run.stat("min", "1", role)[0] == pytest.approx(ref.min(), rel=1e-5, abs=1e-6)
+            assert run.stat("max", "1", role)[0] == pytest.approx(ref.max(), rel=1e-5, abs=1e-6)
             assert run.stat("nonfinite", "1", role)[0] == 0
             assert run.stat("numel", "1", role)[0] == ref.size
             # normalization groups: percentiles over all groups of their mean and std/RMS
