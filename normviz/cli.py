@@ -75,6 +75,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Output folder (built-ins) or FILE.h5 (a script).")
+@click.option("--overwrite", is_flag=True, help="Replace run files that already exist in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def record(
     script: str | None,
@@ -87,6 +88,7 @@ def record(
     device: str,
     seed: int,
     out: str | None,
+    overwrite: bool,
     quiet: bool,
 ) -> None:
     """Record runs: the built-in experiments (default: the seed's MLP and CNN) or SCRIPT."""
@@ -134,7 +136,10 @@ def record(
             path = folder / f"{exp.name}-{kind}.h5"
             bar.set_postfix_str(path.name)
             try:
-                losses = run_experiment(exp, kind, path, steps=steps, every=every, seed=seed, device=device, progress=bar.update)
+                losses = run_experiment(
+                    exp, kind, path, steps=steps, every=every, seed=seed, device=device, progress=bar.update,
+                    recorder_options={"overwrite": overwrite},
+                )
             except NormvizError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others

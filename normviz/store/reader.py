@@ -48,6 +48,29 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     return Run(path)
 
 
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _superblock_problem(path: Path) -> str | None:
+    """Check the superblock by hand before a SWMR open: on a truncated file HDF5's SWMR
+    reader retries its metadata reads instead of failing."""
+    with path.open("rb") as fh:
+        head = fh.read(48)
+    if not head.startswith(_SIGNATURE):
+        return "not an HDF5 file (not a normviz run)"
+    version = head[8]
+    if version < 2:
+        return None
+    size_offsets = head[9]
+    if size_offsets != 8 or len(head) < 12 + 4 * 8:
+        return "damaged HDF5 superblock"
+    stored_eof = int.from_bytes(head[12 + 2 * 8 : 12 + 3 * 8], "little")
+    actual = path.stat().st_size
+    if actual < stored_eof:
+        return f"truncated file ({actual} of {stored_eof} bytes)"
+    return None
+
+
 def _open_h5(path: Path) -> h5py.File:
     if not path.exists():
         raise RunFileError(f"{path}: no such file")
@@ -55,19 +78,20 @@ def _open_h5(path: Path) -> h5py.File:
         raise RunFileError(f"{path}: is a directory, not a run file")
     if path.stat().st_size == 0:
         raise RunFileError(f"{path}: empty file, not a normviz run")
-    errors = []
-    for kwargs in ({"swmr": True, "libver": "latest"}, {}):
-        try:
-            return h5py.File(path, "r", locking=False, **kwargs)
-        except (OSError, ValueError) as exc:
-            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    # A cleanly closed file opens plainly. One still being written, or whose writer was
+    # killed, has its consistency flags set: only a SWMR reader opens it.
     try:
-        is_hdf5 = h5py.is_hdf5(str(path))
-    except Exception:  # noqa: BLE001
-        is_hdf5 = False
-    if not is_hdf5:
-        raise RunFileError(f"{path}: not an HDF5 file (not a normviz run)")
-    raise RunFileError(f"{path}: damaged HDF5 file that cannot be opened ({errors[-1]})")
+        return h5py.File(path, "r", locking=False)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    problem = _superblock_problem(path)
+    if problem is not None:
+        raise RunFileError(f"{path}: {problem}")
+    try:
+        return h5py.File(path, "r", locking=False, swmr=True, libver="latest")
+    except (OSError, ValueError) as exc:
+        second = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    raise RunFileError(f"{path}: damaged HDF5 file that cannot be opened ({first}; {second})")
 
 
 class Run:
