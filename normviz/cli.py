@@ -101,10 +101,8 @@ def record(
             click.echo(f"{exp.name:<14} {','.join(exp.kinds):<40} {exp.description}{default}")
         return
     if script is not None:
-        raise NormvizError(
-            f"{script}: recording an unmodified script is not supported in this version yet; "
-            "use normviz.Recorder in the script"
-        )
+        _record_script(Path(script), list(script_args), out, every=every, steps=steps, seed=seed, overwrite=overwrite)
+        return
     names = _split(experiments) or list(DEFAULT_EXPERIMENTS)
     for name in names:
         if name not in EXPERIMENTS:
@@ -150,6 +148,30 @@ def record(
     click.echo(f"runs written to {folder}", err=True)
     if failed:
         raise _Failed("; ".join(failed))
+
+
+def _record_script(
+    script: Path, argv: list[str], out: str | None, *, every: int, steps: int | None, seed: int, overwrite: bool
+) -> None:
+    """``normviz record SCRIPT -- ARGS``: run an unmodified script with recording attached."""
+    from normviz.record.script import ScriptRecorder
+
+    if not script.is_file():
+        raise NormvizError(f"{script}: no such script")
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if out is not None and Path(out).suffix == ".h5":
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(out) if out is not None else _new_run_folder(RUNS_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{script.stem}.h5"
+    recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem)
+    status = recorder.run(script, argv)
+    click.echo(str(path))
+    if status != 0:
+        raise _Failed(f"{script} exited with status {status}; the steps recorded before are in {path}")
 
 
 @cli.command()
