@@ -1,0 +1,439 @@
+"""Merge the per-rank files of one torchrun / DDP run (pure NumPy on :class:`Run` objects).
+
+:func:`merge_ranks` replaces the rank files of each multi-rank run by one
+:class:`MergedRun`, which answers the reader's API (``stat``, ``steps``,
+``layers``, ``scalar``, …) with the statistics of the global batch:
+
+=====================================  ==========================================================
+statistic                              merged as
+=====================================  ==========================================================
+``channel_mean``, ``channel_var``,     exact: pooled over ranks, weighted by ``numel``:
+``mean``, ``std``                      m = Σ n_r m_r / Σ n_r, v = Σ n_r (v_r + (m_r − m)²) / Σ n_r
+``min``, ``max``, ``numel``,           exact: min, max, sum over ranks
+``nonfinite``
+``output_grad_norm``                   exact for DDP's gradient averaging: sqrt(Σ g_r²) / W
+``hist``                               summed where every rank has the same edges; a site whose
+                                       edges differ raises :class:`MissingDataError` (listed in
+                                       :attr:`MergedRun.notes`)
+``percentiles``, ``group_mean``,       **approximate**: numel-weighted average of the ranks'
+``group_scale``, other statistics      values (percentiles of a union are not a function of the
+                                       parts' percentiles)
+gradients (``grad``), module tensors   rank 0's (DDP keeps parameters and averaged gradients equal
+(``module_stat``)                      on every rank; BatchNorm buffers are broadcast from rank 0)
+scalars                                mean over ranks (the global loss for equal local batches)
+=====================================  ==========================================================
+
+Ranks are aligned on the training steps they all recorded. :func:`rank_spread`
+summarizes how far each rank's BatchNorm batch statistics are from the pooled
+ones.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from normviz.distributed import split_rank
+from normviz.errors import MissingDataError, RunFileError
+
+__all__ = ["MergedRun", "RankSpread", "global_statistics", "merge_ranks", "rank_spread"]
+
+_EXACT_SUM = ("numel", "nonfinite")
+_RANK_LABEL = re.compile(r"\.rank\d+$")
+
+
+def _group_key(run: Any) -> tuple[str, ...] | None:
+    if getattr(run, "world_size", 1) <= 1 or isinstance(run, MergedRun):
+        return None
+    base, rank = split_rank(run.path)
+    if rank is not None:
+        return ("file", str(Path(base).resolve()), str(run.world_size))
+    label = _RANK_LABEL.sub("", run.label)
+    return ("meta", str(Path(run.path).resolve().parent), label, str(run.experiment), str(run.world_size))
+
+
+def merge_ranks(runs: Sequence[Any]) -> list[Any]:
+    """``runs`` with the rank files of each multi-rank run replaced by one :class:`MergedRun`.
+
+    Rank files belong together when they are named ``<run>.rank<R>.h5`` in one
+    folder (:func:`normviz.distributed.rank_path`) or, otherwise, share folder,
+    label (less any ``.rank<R>``), experiment and world size. Runs of one
+    process, runs already merged, and a lone rank file are returned as they are;
+    a group with a rank twice is left unmerged, with a warning. The merged run
+    takes the place of its first member.
+    """
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for run in runs:
+        key = _group_key(run)
+        if key is not None:
+            groups.setdefault(key, []).append(run)
+    out: list[Any] = []
+    done: set[tuple[str, ...]] = set()
+    for run in runs:
+        key = _group_key(run)
+        members = groups.get(key) if key is not None else None
+        if members is None or len(members) < 2:
+            out.append(run)
+            continue
+        ranks = [m.rank for m in members]
+        if len(set(ranks)) != len(ranks):
+            warnings.warn(f"{members[0].path}: ranks {sorted(ranks)} of one run appear twice; not merged", stacklevel=2)
+            out.append(run)
+            continue
+        if key in done:
+            continue
+        done.add(key)
+        out.append(MergedRun(members))
+    return out
+
+
+def _nan0(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, 0.0)
+
+
+def pool_moments(
+    n: np.ndarray, mean: np.ndarray, var: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact pooled mean and (population) variance over ranks, axis 0 indexing ranks.
+
+    ``n``: ``[R, S]`` counts (NaN where a rank has no value); ``mean``, ``var``:
+    ``[R, S, ...]``. Returns ``(N, m, v)`` with NaN where no rank has a value.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    w = np.where(np.isfinite(n), n, 0.0)
+    w = w.reshape(w.shape + (1,) * (mean.ndim - w.ndim))
+    w = np.where(np.isnan(mean), 0.0, w)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = (w * _nan0(mean)).sum(axis=0) / total
+        v = (w * (_nan0(var) + (_nan0(mean) - m) ** 2)).sum(axis=0) / total
+    m = np.where(total > 0, m, np.nan)
+    v = np.where(total > 0, v, np.nan)
+    return total, m, v
+
+
+class MergedRun:
+    """The rank files of one multi-rank run, read as one run of the global batch.
+
+    Answers the :class:`~normviz.store.reader.Run` API (see the module docs for
+    how each statistic is merged). Extra attributes: ``ranks`` (the rank runs,
+    by rank), ``missing_ranks`` (ranks of ``world_size`` not among them),
+    ``notes`` (what could not be merged exactly). ``rank`` is None.
+    ``to_frame()`` is the ranks' tidy frames stacked, with a ``rank`` column.
+    """
+
+    def __init__(self, ranks: Sequence[Any]) -> None:
+        if not ranks:
+            raise ValueError("MergedRun needs at least one rank run")
+        self.ranks = sorted(ranks, key=lambda r: r.rank)
+        first = self.ranks[0]
+        keys = [[s.key for s in r.sites] for r in self.ranks]
+        for r, k in zip(self.ranks[1:], keys[1:]):
+            if k != keys[0]:
+                raise RunFileError(f"{r.path}: its recorded layers differ from {first.path}'s; cannot merge these ranks")
+        base, rank = split_rank(first.path)
+        self.path = Path(base) if rank is not None else Path(first.path)
+        self.meta = dict(first.meta)
+        self.meta["rank"] = None
+        self.meta["label"] = _RANK_LABEL.sub("", str(first.label))
+        self.layout = first.layout
+        self.schema_version = first.schema_version
+        self.world_size = max(r.world_size for r in self.ranks)
+        self.missing_ranks = sorted(set(range(self.world_size)) - {r.rank for r in self.ranks})
+        self.notes: list[str] = []
+        self.refresh()
+
+    # -- alignment ---------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read every rank's row counts and realign them on the steps all recorded."""
+        for r in self.ranks:
+            r.refresh()
+        common = self.ranks[0].steps
+        for r in self.ranks[1:]:
+            common = np.intersect1d(common, r.steps)
+        self.steps: np.ndarray = np.asarray(common, dtype=np.int64)
+        self._rows = [np.searchsorted(r.steps, self.steps) for r in self.ranks]
+        sc = self.ranks[0].scalar_steps
+        for r in self.ranks[1:]:
+            sc = np.intersect1d(sc, r.scalar_steps)
+        self._scalar_steps = np.asarray(sc, dtype=np.int64)
+
+    def _read(self, r: int, fn: Any, steps: slice | None) -> np.ndarray:
+        """``fn(run, steps=slice)`` of rank ``r`` on the aligned rows selected by ``steps``."""
+        rows = self._rows[r][steps if steps is not None else slice(None)]
+        if len(rows) == 0:
+            data = np.asarray(fn(self.ranks[r], steps=slice(0, 0)))
+            return data[:0]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        data = np.asarray(fn(self.ranks[r], steps=slice(lo, hi)))
+        return data[rows - lo]
+
+    def per_rank(self, name: str, layer: str, role: str = "output", *, call: int = 0,
+                 steps: slice | None = None) -> np.ndarray:
+        """One statistic of one site on every rank, aligned: ``[ranks, steps, ...]``."""
+        return np.stack([
+            self._read(i, lambda run, steps: run.stat(name, layer, role, call=call, steps=steps), steps)
+            for i in range(len(self.ranks))
+        ]).astype(np.float64)
+
+    # -- metadata ----------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return str(self.meta.get("label") or self.path.stem)
+
+    @property
+    def experiment(self) -> str | None:
+        return self.meta.get("experiment")
+
+    @property
+    def norm_kind(self) -> str:
+        return str(self.meta.get("norm_kind") or "none")
+
+    @property
+    def rank(self) -> None:
+        return None
+
+    @property
+    def status(self) -> dict[str, int]:
+        """``clean`` only when every rank closed cleanly; the smallest ``last_step`` and ``steps_seen``."""
+        states = [r.status for r in self.ranks]
+        return {
+            "clean": int(all(s["clean"] for s in states)),
+            "last_step": min(s["last_step"] for s in states),
+            "steps_seen": min(s["steps_seen"] for s in states),
+        }
+
+    @property
+    def layers(self) -> list[Any]:
+        return self.ranks[0].layers
+
+    @property
+    def norm_layers(self) -> list[Any]:
+        return self.ranks[0].norm_layers
+
+    @property
+    def sites(self) -> list[Any]:
+        return self.ranks[0].sites
+
+    @property
+    def statistics(self) -> dict[str, list[str]]:
+        return self.ranks[0].statistics
+
+    def channel_index(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
+        return self.ranks[0].channel_index(layer, role, call=call)
+
+    # -- statistics --------------------------------------------------------------------------------
+    def _counts(self, layer: str, role: str, call: int, steps: slice | None) -> np.ndarray:
+        return self.per_rank("numel", layer, role, call=call, steps=steps)
+
+    def stat(self, name: str, layer: str, role: str = "output", *, call: int = 0,
+             steps: slice | None = None) -> np.ndarray:
+        """A statistic of one site for the global batch (see the module docs)."""
+        if name in ("channel_mean", "channel_var", "mean", "std"):
+            n = self._counts(layer, role, call, steps)
+            if name.startswith("channel"):
+                mean = self.per_rank("channel_mean", layer, role, call=call, steps=steps)
+                var = self.per_rank("channel_var", layer, role, call=call, steps=steps)
+            else:
+                mean = self.per_rank("mean", layer, role, call=call, steps=steps)
+                var = self.per_rank("std", layer, role, call=call, steps=steps) ** 2
+            _, m, v = pool_moments(n, mean, var)
+            return m if name.endswith("mean") else (v if name == "channel_var" else np.sqrt(v))
+        data = self.per_rank(name, layer, role, call=call, steps=steps)
+        if name == "min":
+            return _reduce(data, np.fmin)
+        if name == "max":
+            return _reduce(data, np.fmax)
+        if name in _EXACT_SUM:
+            return _nansum(data)
+        if name == "output_grad_norm":
+            out = np.sqrt(_nansum(data**2)) / self.world_size
+            return out
+        if name == "hist":
+            self._check_edges(layer, role, call)
+            return _nansum(data)
+        n = self._counts(layer, role, call, steps)
+        return _weighted_mean(n, data)
+
+    def _check_edges(self, layer: str, role: str, call: int) -> None:
+        edges = [np.asarray(r.hist_edges(layer, role, call=call)) for r in self.ranks]
+        if not all(np.array_equal(edges[0], e, equal_nan=True) for e in edges[1:]):
+            note = f"histogram of {role} of {layer!r}: the ranks' edges differ, not summed"
+            if note not in self.notes:
+                self.notes.append(note)
+            raise MissingDataError(
+                f"{self.path}: the histogram edges of {role} of {layer!r} differ between ranks "
+                "(each rank fixed them at its first recorded step); histograms are summed only over shared edges"
+            )
+
+    def hist_edges(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
+        self._check_edges(layer, role, call)
+        return self.ranks[0].hist_edges(layer, role, call=call)
+
+    def stat_all(self, name: str, *, steps: slice | None = None) -> tuple[list[Any], np.ndarray]:
+        sites, _ = self.ranks[0].stat_all(name, steps=slice(0, 0))
+        cols = [self.stat(name, s.layer, s.role, call=s.call, steps=steps) for s in sites]
+        n = len(self.steps[steps if steps is not None else slice(None)])
+        return sites, (np.stack(cols, axis=1) if cols else np.zeros((n, 0)))
+
+    def grad(self, name: str, *, steps: slice | None = None) -> tuple[list[str], np.ndarray]:
+        names, _ = self.ranks[0].grad(name, steps=slice(0, 0))
+        return names, self._read(0, lambda run, steps: run.grad(name, steps=steps)[1], steps)
+
+    def module_stat(self, name: str, layer: str, *, steps: slice | None = None) -> np.ndarray:
+        return self._read(0, lambda run, steps: run.module_stat(name, layer, steps=steps), steps)
+
+    def module_stat_per_rank(self, name: str, layer: str, *, steps: slice | None = None) -> np.ndarray:
+        """A module tensor on every rank, aligned: ``[ranks, steps, width]``."""
+        return np.stack([self._read(i, lambda run, steps: run.module_stat(name, layer, steps=steps), steps)
+                         for i in range(len(self.ranks))]).astype(np.float64)
+
+    def wall_time(self) -> np.ndarray:
+        return np.max(np.stack([self._read(i, lambda run, steps: run.wall_time()[steps], None)
+                                for i in range(len(self.ranks))]), axis=0)
+
+    @property
+    def scalar_names(self) -> list[str]:
+        return self.ranks[0].scalar_names
+
+    @property
+    def scalar_steps(self) -> np.ndarray:
+        return self._scalar_steps
+
+    def scalar(self, name: str) -> np.ndarray:
+        """Mean over ranks, on the steps every rank has."""
+        values = []
+        for r in self.ranks:
+            rows = np.searchsorted(r.scalar_steps, self._scalar_steps)
+            values.append(np.asarray(r.scalar(name), dtype=np.float64)[rows])
+        return np.mean(np.stack(values), axis=0)
+
+    @property
+    def scalars(self) -> dict[str, np.ndarray]:
+        return {name: self.scalar(name) for name in self.scalar_names}
+
+    def to_frame(self) -> Any:
+        """The ranks' tidy frames stacked, with a ``rank`` column (per-rank values, not merged)."""
+        import pandas as pd
+
+        frames = []
+        for r in self.ranks:
+            f = r.to_frame()
+            f.insert(1, "rank", r.rank)
+            frames.append(f)
+        return pd.concat(frames, ignore_index=True)
+
+    def close(self) -> None:
+        for r in self.ranks:
+            r.close()
+
+    def __enter__(self) -> MergedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"MergedRun({str(self.path)!r}, ranks={[r.rank for r in self.ranks]}, "
+                f"world_size={self.world_size}, steps={len(self.steps)})")
+
+
+def _reduce(data: np.ndarray, fn: Any) -> np.ndarray:
+    out = data[0]
+    for d in data[1:]:
+        out = fn(out, d)
+    return out
+
+
+def _nansum(data: np.ndarray) -> np.ndarray:
+    allnan = np.all(np.isnan(data), axis=0)
+    return np.where(allnan, np.nan, np.nansum(data, axis=0))
+
+
+def _weighted_mean(n: np.ndarray, data: np.ndarray) -> np.ndarray:
+    w = np.where(np.isfinite(n), n, 0.0).reshape(n.shape + (1,) * (data.ndim - n.ndim))
+    w = np.where(np.isnan(data), 0.0, w)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (w * _nan0(data)).sum(axis=0) / total
+    return np.where(total > 0, out, np.nan)
+
+
+def global_statistics(layer: Any) -> bool:
+    """True for a BatchNorm layer that normalizes with the statistics of all ranks
+    (its class name contains ``SyncBatchNorm``)."""
+    return "SyncBatchNorm" in str(getattr(layer, "module_type", ""))
+
+
+@dataclass(frozen=True)
+class RankSpread:
+    """How far each rank's BatchNorm batch statistics are from the pooled ones, over training.
+
+    Arrays are ``[steps, ranks]``:
+
+    ``input_mean``
+        mean over the stored channels of |m_r − m| / sqrt(v): rank r's batch mean
+        of the layer's input against the pooled mean, in pooled standard deviations.
+    ``input_var``
+        mean over channels of |log(v_r / v)|: the same for the variance.
+    ``used_mean``, ``used_var``
+        the same for the statistics the layer *normalizes with*: the rank's own
+        (``input_*``) for BatchNorm, the pooled ones (0) for SyncBatchNorm.
+    ``running_mean``
+        mean over channels of |rm_r − rm| / sqrt(rv) of the running means after
+        each step, rm the ranks' average (NaN without running statistics):
+        measured from the module state, ~0 when every rank updated with the same
+        (global) batch statistics.
+    ``values_per_channel``
+        numel_r / channels: the values one channel statistic averages over on
+        rank r (the per-rank batch size times the spatial size).
+    """
+
+    layer: str
+    module_type: str
+    synced: bool
+    steps: np.ndarray
+    input_mean: np.ndarray
+    input_var: np.ndarray
+    used_mean: np.ndarray
+    used_var: np.ndarray
+    running_mean: np.ndarray
+    values_per_channel: np.ndarray
+
+
+def rank_spread(run: MergedRun, layer: str, *, call: int = 0, steps: slice | None = None) -> RankSpread:
+    """The per-rank spread of a BatchNorm layer's batch statistics (:class:`RankSpread`)."""
+    info = next((lay for lay in run.layers if lay.name == layer), None)
+    if info is None:
+        raise MissingDataError(f"{run.path}: no layer {layer!r}")
+    n = run.per_rank("numel", layer, "input", call=call, steps=steps)
+    mean = run.per_rank("channel_mean", layer, "input", call=call, steps=steps)
+    var = run.per_rank("channel_var", layer, "input", call=call, steps=steps)
+    _, m, v = pool_moments(n, mean, var)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_mean = np.nanmean(np.abs(mean - m[None]) / np.sqrt(v[None]), axis=-1).T
+        d_var = np.nanmean(np.abs(np.log(var / v[None])), axis=-1).T
+    synced = global_statistics(info)
+    used_mean = np.zeros_like(d_mean) if synced else d_mean
+    used_var = np.zeros_like(d_var) if synced else d_var
+    running = np.full_like(d_mean, np.nan)
+    if "running_mean" in run.statistics.get("module", []) and "running_var" in run.statistics.get("module", []):
+        try:
+            rm = run.module_stat_per_rank("running_mean", layer, steps=steps)
+            rv = run.module_stat_per_rank("running_var", layer, steps=steps).mean(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                running = np.nanmean(np.abs(rm - rm.mean(axis=0)[None]) / np.sqrt(rv[None]), axis=-1).T
+        except MissingDataError:
+            pass
+    channels = info.channels or mean.shape[-1]
+    sel = steps if steps is not None else slice(None)
+    return RankSpread(layer, info.module_type, synced, run.steps[sel], d_mean, d_var, used_mean, used_var,
+                      running, (n / channels).T)
