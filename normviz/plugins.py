@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normviz.default_plugins.gradient_flow",
     "normviz.default_plugins.histograms",
     "normviz.default_plugins.loss",
+    "normviz.default_plugins.ranks",
 )
 
 

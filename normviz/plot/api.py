@@ -188,8 +188,10 @@ def render_to_files(
     Parameters
     ----------
     runs
-        Runs (or paths). They are grouped by experiment (:func:`group_runs`); each
-        group gives one figure per renderer, its runs compared in it.
+        Runs (or paths). The rank files of a multi-rank run are merged into one
+        run first (:func:`normviz.merge.merge_ranks`). They are grouped by
+        experiment (:func:`group_runs`); each group gives one figure per
+        renderer, its runs compared in it.
     out_dir
         Folder for the files (created). Each is ``<experiment>-<renderer>.<fmt>``,
         written atomically.
@@ -228,7 +230,10 @@ def render_to_files(
     registry = host.renderers()
     names = sorted(registry) if renderers is None else list(dict.fromkeys(renderers))
     chosen = [_lookup(registry, n) for n in names]
-    groups = group_runs(as_runs(list(runs)))
+    from normviz.merge import merge_ranks
+
+    # The rank files of a torchrun run are drawn as one run (normviz.merge).
+    groups = group_runs(merge_ranks(as_runs(list(runs))))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
