@@ -1,0 +1,145 @@
+"""torchrun / DDP: per-rank files, exact merging, the per-rank BatchNorm spread, ``normviz plot`` on a folder.
+
+One module fixture trains ``gallery/train_ddp.py`` three ways at once: torchrun
+with 2 processes (gloo, CPU) with BatchNorm, the same with SyncBatchNorm, and
+one process on the whole global batch (the reference the merged ranks must
+reproduce).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import normviz
+from normviz.cli import main
+from normviz.distributed import rank_path, split_rank
+from normviz.errors import MissingDataError
+from normviz.merge import MergedRun, merge_ranks, pool_moments, rank_spread
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "gallery" / "train_ddp.py"
+STEPS = 4
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    common = ["--out", str(out), "--steps", str(STEPS), "--global-batch", str(BATCH)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN)]
+    jobs = [
+        subprocess.Popen([*torchrun, *common, "--name", "bn"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        subprocess.Popen([*torchrun, *common, "--name", "sync", "--sync-bn"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, str(TRAIN), *common, "--name", "full"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT),
+    ]
+    for job in jobs:
+        text, _ = job.communicate(timeout=240)
+        assert job.returncode == 0, text.decode(errors="replace")[-4000:]
+    return out
+
+
+@pytest.fixture
+def runs(folder):
+    opened = {p.stem: normviz.open(p) for p in sorted(folder.glob("*.h5"))}
+    yield opened
+    for run in opened.values():
+        run.close()
+
+
+def test_rank_path_naming():
+    assert rank_path("runs/ddp.h5", 1, 2) == Path("runs/ddp.rank1.h5")
+    assert rank_path("runs/ddp.h5", 0, 1) == Path("runs/ddp.h5")
+    assert split_rank("runs/ddp.rank1.h5") == (Path("runs/ddp.h5"), 1)
+    assert split_rank("runs/ddp.h5") == (Path("runs/ddp.h5"), None)
+
+
+def test_pool_moments_is_the_moments_of_the_concatenation():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(loc, scale, size=(n, 3)) for loc, scale, n in ((0.0, 1.0, 50), (2.0, 3.0, 70), (-1, 0.5, 5))]
+    n = np.array([[len(p)] for p in parts], dtype=float)
+    mean = np.stack([p.mean(0)[None] for p in parts])
+    var = np.stack([p.var(0)[None] for p in parts])
+    _, m, v = pool_moments(n, mean, var)
+    whole = np.concatenate(parts)
+    np.testing.assert_allclose(m[0], whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(v[0], whole.var(0), rtol=1e-12)
+
+
+def test_one_file_per_rank_with_rank_and_world_size(runs):
+    assert sorted(runs) == ["bn.rank0", "bn.rank1", "full", "sync.rank0", "sync.rank1"]
+    for name in ("bn", "sync"):
+        assert [(runs[f"{name}.rank{r}"].rank, runs[f"{name}.rank{r}"].world_size) for r in (0, 1)] == [(0, 2), (1, 2)]
+    assert (runs["full"].rank, runs["full"].world_size) == (0, 1)
+    # The recorder saw the model's own layer names, not DDP's "module." ones.
+    assert [lay.name for lay in runs["bn.rank0"].norm_layers] == ["1", "4"]
+    assert {lay.module_type for lay in runs["sync.rank0"].norm_layers} == {"GlooSyncBatchNorm"}
+
+
+def _check_same(merged, full, sites, steps, stats=("channel_mean", "channel_var", "mean", "std")):
+    for site in sites:
+        for stat in stats:
+            a = merged.stat(stat, site.layer, site.role, steps=steps)
+            b = full.stat(stat, site.layer, site.role, steps=steps)
+            scale = np.nanmax(np.abs(b)) + 1e-6
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{stat} of {site.key}")
+
+
+def test_merged_ranks_pool_exactly_to_the_full_batch(runs):
+    assert sorted(type(r).__name__ for r in merge_ranks(list(runs.values()))) == ["MergedRun", "MergedRun", "Run"]
+    sync = next(r for r in merge_ranks(list(runs.values())) if isinstance(r, MergedRun) and "Sync" in r.label)
+    full = runs["full"]
+    assert list(sync.steps) == list(full.steps) == list(range(STEPS))
+    # SyncBatchNorm + DDP's averaged gradients train exactly what one process does on the
+    # whole batch: every site at every step pools to the full-batch statistics.
+    _check_same(sync, full, full.sites, slice(None))
+    for site in full.sites:  # extrema of ordinary layers and of inputs
+        if site.role == "input" or site.kind is None:
+            _check_same(sync, full, [site], slice(None), ("min", "max", "numel"))
+    # Plain BatchNorm: the ranks normalize differently, so only what comes before the first
+    # BatchNorm, at step 0, is the full batch's.
+    bn = next(r for r in merge_ranks(list(runs.values())) if isinstance(r, MergedRun) and "Sync" not in r.label)
+    before = [s for s in full.sites if (s.layer, s.role) in (("0", "output"), ("1", "input"))]
+    _check_same(bn, full, before, slice(0, 1))
+
+
+def test_syncbatchnorm_removes_the_per_rank_spread(runs):
+    merged = [r for r in merge_ranks(list(runs.values())) if isinstance(r, MergedRun)]
+    by = {("sync" if "Sync" in r.label else "bn"): r for r in merged}
+    for layer in ("1", "4"):
+        bn, sync = rank_spread(by["bn"], layer), rank_spread(by["sync"], layer)
+        assert not bn.synced and sync.synced
+        assert np.all(bn.used_mean > 1e-3) and np.all(bn.used_mean == bn.input_mean)
+        assert np.all(sync.used_mean == 0) and np.all(sync.input_mean > 1e-3)
+        # Measured from the module state: SyncBatchNorm ranks update their running
+        # means with the same (global) statistics; BatchNorm ranks do not.
+        assert np.nanmax(sync.running_mean) < 1e-6
+        assert np.nanmin(bn.running_mean) > 1e-4
+        assert np.allclose(bn.values_per_channel, bn.values_per_channel[0, 0])
+
+
+def test_ranks_renderer_needs_several_ranks(runs):
+    with pytest.raises(MissingDataError, match="single rank"):
+        normviz.plot(runs["full"], "ranks")
+    fig = normviz.plot(list(runs.values()), "ranks")
+    gids = {ln.get_gid() for ax in fig.axes for ln in ax.get_lines()}
+    assert any(g and g.startswith("used:SyncBatchNorm") for g in gids)
+    assert any(g and g.startswith("local:SyncBatchNorm") for g in gids)
+
+
+def test_plot_folder_merges_ranks(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["plot", str(folder), "--renderer", "ranks,loss", "--format", "png", "--out", "figs", "-q"])
+    out = capsys.readouterr()
+    assert (exc.value.code or 0) == 0, out.err
+    assert (tmp_path / "figs" / "ddp-cnn-ranks.png").stat().st_size > 0
+    assert (tmp_path / "figs" / "ddp-cnn-loss.png").stat().st_size > 0
