@@ -183,6 +183,9 @@ def _record_script(
 @click.option("--layers", help="Only layers whose name matches this glob.")
 @click.option("--steps", "steps_range", help="Training steps START:STOP.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--follow", is_flag=True, help="Redraw as new steps arrive, until Ctrl-C or every run is closed.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between redraws with --follow.")
 def plot(
     runs: Sequence[str],
     renderers: str | None,
@@ -192,6 +195,8 @@ def plot(
     layers: str | None,
     steps_range: str | None,
     quiet: bool,
+    follow: bool,
+    interval: float,
 ) -> None:
     """Draw figures of RUNS (files or folders; default: the newest folder in ./normviz-runs)."""
     from normviz.plot.api import parse_steps, render_to_files
@@ -224,16 +229,24 @@ def plot(
 
     from normviz.plot.api import group_runs
 
+    from normviz.merge import merge_ranks
+
     opened = []
     try:
         for p in paths:
             opened.append(open_run(p))
-        n = len(group_runs(opened)) * len(wanted or known)
-        with _progress(n, "plotting", quiet) as bar:
-            report = render_to_files(
-                opened, out_dir, renderers=wanted, formats=fmts, style=style, layers=layers, steps=steps,
-                host=host, progress=bar.update,
-            )
+        n = len(group_runs(merge_ranks(opened))) * len(wanted or known)
+
+        def draw() -> Any:
+            with _progress(n, "plotting", quiet) as bar:
+                return render_to_files(
+                    opened, out_dir, renderers=wanted, formats=fmts, style=style, layers=layers, steps=steps,
+                    host=host, progress=bar.update,
+                )
+
+        report = draw()
+        if follow:
+            report = _follow(opened, draw, report, interval)
     finally:
         for run in opened:
             run.close()
@@ -247,6 +260,29 @@ def plot(
         raise _Failed(f"{len(report.failures)} renderer(s) failed; the other figures were written")
     if wanted and not report.written:
         raise _Failed("no figure was written: the requested renderers lack the data they need")
+
+
+def _follow(opened: list[Any], draw: Any, report: Any, interval: float) -> Any:
+    """``plot --follow``: redraw every ``interval`` seconds with the rows published since,
+    until Ctrl-C or until every run was closed cleanly (then one last drawing)."""
+    import time
+
+    try:
+        while True:
+            done = all(run.status["clean"] for run in opened)
+            steps = [int(run.status["last_step"]) for run in opened]
+            click.echo(f"normviz: drew steps up to {max(steps, default=-1)}"
+                       + ("; every run is closed" if done else f"; redrawing every {interval:g} s (Ctrl-C stops)"),
+                       err=True)
+            if done:
+                return report
+            time.sleep(interval)
+            for run in opened:
+                run.refresh()
+            report = draw()
+    except KeyboardInterrupt:
+        click.echo("normviz: stopped following", err=True)
+        return report
 
 
 def _writable(folder: Path) -> bool:
