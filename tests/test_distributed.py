@@ -135,6 +135,13 @@ def test_ranks_renderer_needs_several_ranks(runs):
     assert any(g and g.startswith("local:SyncBatchNorm") for g in gids)
 
 
+def test_ranks_renderer_contract(runs):
+    from normviz.plot.api import _host
+    from normviz.testing import RendererContract
+
+    RendererContract(_host(None).renderers()["ranks"], list(runs.values())).check_all()
+
+
 def test_plot_folder_merges_ranks(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
