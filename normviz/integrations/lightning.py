@@ -32,11 +32,11 @@ With ``precision="16-mixed"`` Lightning runs the closure (forward, backward), un
 calls ``on_before_optimizer_step``, clips, then ``scaler.step(optimizer)``: the
 recorder's pre-hook sees the final gradients. With 32-bit and ``bf16-mixed`` precision
 Lightning instead passes the closure to ``optimizer.step(closure)``, so forward,
-backward and clipping run *inside* the step, after every pre-hook. This callback
-therefore re-reads the gradient statistics in an optimizer step **post**-hook whenever
-the step was given a closure (``p.grad`` still holds the clipped gradients then:
-Lightning zeroes them at the start of the next closure). The weight norm and the update
-ratio are unaffected (weights do not change inside the closure).
+backward and clipping run *inside* the step, after every pre-hook. The recorder
+handles any closure step (LBFGS too) by reading the gradients in its optimizer step
+**post**-hook instead (``p.grad`` still holds the clipped gradients then: Lightning
+zeroes them at the start of the next closure). The weight norm and the update ratio
+are unaffected (weights do not change inside the closure).
 
 A step that ``GradScaler`` skips (non-finite gradients) still advances
 ``trainer.global_step``; the recorder then reads the gradients at ``rec.step()``.
@@ -66,12 +66,6 @@ from normviz.integrations import rank_path
 __all__ = ["NormvizCallback"]
 
 
-def _step_has_closure(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    if kwargs.get("closure") is not None:
-        return True
-    return bool(args) and callable(args[0])
-
-
 class NormvizCallback(Callback):
     """Record per-layer statistics of a Lightning run into ``path`` (one file per rank).
 
@@ -95,7 +89,6 @@ class NormvizCallback(Callback):
         self.run_path: Any = None
         self._last_global_step = 0
         self._loss_sum: torch.Tensor | None = None
-        self._post_handle: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -111,18 +104,13 @@ class NormvizCallback(Callback):
         self.recorder = Recorder(pl_module, self.run_path, every=self.every, **options)
         self._last_global_step = int(trainer.global_step)
         self._loss_sum = None
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        # Registered after the recorder's own hooks, so it runs after its post-hook.
-        self._post_handle = register_optimizer_step_post_hook(self._after_optimizer_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         rec = self.recorder
         if rec is not None and not rec._closed:
             # One training_step is one forward pass, even when it calls submodules directly
             # (the recorder's root pre-hook only sees ``pl_module(...)`` calls).
-            rec._calls.clear()
-            rec._seen.clear()
+            rec.begin_forward()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -159,28 +147,7 @@ class NormvizCallback(Callback):
             self._close()
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Re-read gradients after a closure step (see the module docstring)."""
-        rec = self.recorder
-        if rec is None or rec._closed or not rec._armed or not _step_has_closure(args, kwargs):
-            return None
-        grads = rec._grads
-        try:
-            if not grads._is_ours(optimizer) or not grads._params:
-                return None
-            kept = {k: v for k, v in grads._result.items() if k in ("weight_norm", "update_ratio")}
-            weight_norm = grads._weight_norm
-            grads._compute()
-            grads._result.update(kept)
-            grads._weight_norm = weight_norm
-        except Exception:  # noqa: BLE001 - recording must never break training
-            return None
-        return None
-
     def _close(self) -> None:
-        if self._post_handle is not None:
-            self._post_handle.remove()
-            self._post_handle = None
         if self.recorder is not None:
             self.recorder.close()
 

@@ -29,6 +29,14 @@ def _norms(tensors: list[torch.Tensor], order: float) -> torch.Tensor:
         return torch.stack([torch.linalg.vector_norm(t, order, dtype=torch.float32) for t in tensors])
 
 
+def _has_closure(args: Any, kwargs: Any) -> bool:
+    """Whether ``optimizer.step`` was given a closure (positionally or by keyword).
+
+    The hooks' ``args`` start with the optimizer itself."""
+    positional = [a for a in args if not isinstance(a, torch.optim.Optimizer)]
+    return callable(kwargs.get("closure")) or bool(positional and callable(positional[0]))
+
+
 class GradientTracker:
     """Per-layer gradient norm, mean and max |grad|, weight norm and update ratio."""
 
@@ -51,6 +59,7 @@ class GradientTracker:
         self._index = {n: i for i, n in enumerate(self._names)}
         self._result: dict[str, torch.Tensor] = {}
         self._snapshot: list[torch.Tensor] | None = None
+        self._closure = False
         self._weight_norm: torch.Tensor | None = None
         self.last_lr: Any = None
         self._present_cache: dict[tuple[tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -96,9 +105,17 @@ class GradientTracker:
             self.last_lr = optimizer.param_groups[0].get("lr")
             if not self._recorder._armed or not self._params:
                 return None
-            self._compute()
+            self._closure = _has_closure(args, kwargs)
+            if not self._closure:
+                self._compute()
             with torch.no_grad():
                 self._snapshot = torch._foreach_mul([p.detach() for p in self._params], 1.0)
+                if self._closure:  # the gradients do not exist yet: the closure computes them
+                    w_sq = _norms([p.detach() for p in self._params], 2.0).square()
+                    device = self._params[0].device
+                    self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(
+                        0, self._owner_t(device), w_sq
+                    ).sqrt()
         except ReferenceError:
             return None
         return None
@@ -107,6 +124,13 @@ class GradientTracker:
         try:
             if self._snapshot is None or not self._is_ours(optimizer) or self._weight_norm is None:
                 return None
+            if self._closure:
+                # A closure step (LBFGS, Lightning's automatic optimization) ran forward and
+                # backward inside optimizer.step(): its gradients are complete only now.
+                weight_norm = self._weight_norm
+                self._compute()
+                self._weight_norm = weight_norm
+                self._result["weight_norm"] = weight_norm
             with torch.no_grad():
                 deltas = torch._foreach_sub([p.detach() for p in self._params], self._snapshot)
                 sq = _norms(deltas, 2.0).square()

@@ -39,6 +39,7 @@ from normviz.store.writer import RunWriter
 MAX_CHANNELS = 32
 MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
 _CORE = "__core__"  # key of a site's fused core observation in a step's results
+_PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class _SiteState:
@@ -65,8 +66,10 @@ class _LayerHook:
         self.name = name
         self.spec = spec
         self.is_norm = spec is not None
-        # A training-mode BatchNorm's output statistics follow from its input's.
-        self.is_batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm) and spec is not None and spec.kind == "batch"
+        # A training-mode BatchNorm's output statistics follow from its input's. Only for
+        # PyTorch's own classes: SyncBatchNorm normalizes with statistics of every rank, and
+        # a subclass may change forward.
+        self.is_batchnorm = type(module) in _PLAIN_BATCHNORMS and spec is not None and spec.kind == "batch"
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         rec = self.recorder
@@ -204,6 +207,9 @@ class Recorder:
         self._flush = (flush_every, flush_secs, on_error)
         self._seed = seed
         self._rank, self._world_size = _rank_world(rank, world_size)
+        # A torch.compile'd module: hooks go on the original module, which the compiled
+        # one calls (Dynamo traces them; see docs/integrations.md).
+        model = getattr(model, "_orig_mod", model)
         self.host = plugins if plugins is not None else get_plugin_host()
         all_stats = self.host.statistics()
         self._opt_in = _parse_opt_in(statistics, all_stats)
@@ -266,6 +272,13 @@ class Recorder:
         self._seen.clear()
         self._calls.clear()
         self._grads.reset()
+
+    def begin_forward(self) -> None:
+        """Mark the start of a forward pass that does not go through ``model(...)``
+        (e.g. a Lightning ``training_step`` calling submodules): module call counts
+        restart from 0, as they do at every call of the model itself."""
+        self._calls.clear()
+        self._seen.clear()
 
     def flush(self) -> None:
         """Publish every step recorded so far to the file and wait for it (the file is

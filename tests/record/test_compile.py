@@ -98,8 +98,6 @@ def test_switching_to_eager_on_recorded_steps_has_no_break_and_no_recompile(tmp_
     assert_same_run(tmp_path / "eager.h5", tmp_path / "switch.h5")
 
 
-@pytest.mark.xfail(reason="hooks on a torch.compile OptimizedModule: dynamo raises an internal AssertionError; "
-                   "attach the Recorder to the original module", strict=False)
 def test_recorder_on_the_compiled_module(tmp_path):
     model = make_model()
     compiled = torch.compile(model, backend=BACKEND)

@@ -187,3 +187,39 @@ def test_bf16_autocast_statistics_in_float32(tmp_path):
     with normviz.open(path) as run:
         ref = seen["out"].numpy()
         np.testing.assert_allclose(run.stat("channel_var", "0")[0], ref.var(0)[run.channel_index("0")], rtol=1e-4)
+
+
+def test_closure_optimizer_steps_read_the_closures_gradients(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.LayerNorm(5), nn.Linear(5, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        seen.append(torch.cat([p.grad.reshape(-1) for p in model[0].parameters()]).norm().item())
+        return loss
+
+    path = tmp_path / "closure.h5"
+    with normviz.Recorder(model, path) as rec:
+        for _ in range(3):
+            opt.step(closure)
+            rec.step()
+    with normviz.open(path) as run:
+        names, gnorm = run.grad("grad_norm")
+        np.testing.assert_allclose(gnorm[:, names.index("0")], seen, rtol=1e-5)
+        assert np.all(run.grad("update_ratio")[1] > 0)
+
+
+def test_recorder_on_a_compiled_model_hooks_the_original(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    compiled = torch.compile(model, backend="eager")
+    with normviz.Recorder(compiled, tmp_path / "c.h5") as rec:
+        model(torch.randn(2, 3)).sum().backward()
+        rec.step()
+    assert not model[1]._forward_hooks
+    with normviz.open(tmp_path / "c.h5") as run:
+        assert [layer.name for layer in run.layers] == ["0", "1"]
