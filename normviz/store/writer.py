@@ -29,6 +29,8 @@ from normviz.store.layout import Layout
 
 _DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32}
 _CHUNK_BYTES = 256 * 1024
+#: Columns per chunk of a wide dataset (see :func:`_chunks`).
+_COLUMN_BLOCK = 256
 #: Integer statistics store this where a site did not run in a step (floats store NaN).
 MISSING_INT = -1
 _FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "fletcher32": True}
@@ -39,12 +41,24 @@ class RecordingError(RuntimeError):
 
 
 def _chunks(width: int | None, itemsize: int) -> tuple[int, ...]:
+    """Chunk shape of a dataset: ~256 KiB of whole rows; wide datasets split into column blocks.
+
+    The number of rows per chunk depends on the full row width only, so the
+    rows a flush appends touch the same share of each chunk (the same amount
+    of recompression) whether or not the columns are split. A dataset wider
+    than :data:`_COLUMN_BLOCK` columns (e.g. every site's per-channel means side
+    by side) is cut into blocks of that many columns, so that reading one
+    site's columns over a long run decompresses its block, not every column.
+    """
     if width is None:
         return (4096,)
     row_bytes = max(width * itemsize, 1)
     if row_bytes > _CHUNK_BYTES * 4:
         return (1, max(1, (_CHUNK_BYTES * 4) // itemsize))
-    return (int(min(1024, max(1, _CHUNK_BYTES // row_bytes))), max(width, 1))
+    rows = int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
+    if width > 2 * _COLUMN_BLOCK:
+        return (rows, _COLUMN_BLOCK)
+    return (rows, max(width, 1))
 
 
 class RunWriter:
