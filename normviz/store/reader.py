@@ -107,7 +107,10 @@ class Run:
         Training step of each recorded row (the first axis of every statistic).
 
     Every statistic accessor returns a NumPy array whose first axis is the recorded
-    step; ``steps=`` takes a slice of *recorded rows* to read only part of a run.
+    step; ``steps=`` takes a slice of *recorded rows* (a stride thins a long run),
+    or ``rows=`` an array of row indices, to read only part of a run. Only the
+    columns of the site or layer asked for are read, so on a long run a figure
+    reads the slices it draws, never a whole dataset for a subset.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -247,13 +250,39 @@ class Run:
         known = sorted({s.layer for s in self.layout.sites})
         raise MissingDataError(f"{self.path}: no recorded {role} of layer {layer!r} (call {call}); layers: {known}")
 
-    def _rows(self, steps: slice | None) -> slice:
+    def _rows(self, steps: slice | None, rows: Any = None) -> slice | np.ndarray:
+        """The recorded rows to read: a slice (``steps``, strides allowed) or sorted row indices (``rows``)."""
+        if rows is not None:
+            if steps is not None:
+                raise TypeError("give steps= or rows=, not both")
+            idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+            idx = np.where(idx < 0, idx + self._n, idx)
+            if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+                raise IndexError(f"{self.path}: rows out of range 0..{self._n - 1}")
+            return idx
         s = steps if steps is not None else slice(None)
         start, stop, stride = s.indices(self._n)
         return slice(start, stop, stride)
 
+    def _read(self, path: str, steps: slice | None, rows: Any, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+        """Rows of columns ``lo:hi`` of one dataset; only the chunks holding them are decompressed."""
+        ds = self._f[path]
+        cols = slice(lo, hi)
+        sel = self._rows(steps, rows)
+        if isinstance(sel, slice):
+            return ds[sel, cols]
+        if sel.size == 0:
+            return ds[0:0, cols]
+        unique, inverse = np.unique(sel, return_inverse=True)
+        if unique.size == 1:
+            data = ds[int(unique[0]) : int(unique[0]) + 1, cols]
+        else:
+            data = ds[unique, cols]  # one HDF5 selection: each chunk is decompressed once
+        return data if unique.size == sel.size and np.array_equal(unique, sel) else data[inverse]
+
     def stat(
-        self, name: str, layer: str, role: str = "output", *, call: int = 0, steps: slice | None = None
+        self, name: str, layer: str, role: str = "output", *, call: int = 0, steps: slice | None = None,
+        rows: Any = None,
     ) -> np.ndarray:
         """An activation statistic of one site: ``[steps]`` for one-value statistics, else ``[steps, width]``."""
         st = self.layout.stat(schema.ACT, name)
@@ -264,17 +293,19 @@ class Run:
             raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded for {role} of {layer!r}")
         j = st.rows.index(idx)
         lo, hi = st.offsets[j], st.offsets[j + 1]
-        data = _missing_as_nan(self._f[f"{schema.ACT}/{name}"][self._rows(steps), lo:hi])
+        data = _missing_as_nan(self._read(f"{schema.ACT}/{name}", steps, rows, lo, hi))
         return data[:, 0] if st.width == len(st.rows) else data
 
-    def stat_all(self, name: str, *, steps: slice | None = None) -> tuple[list[SiteEntry], np.ndarray]:
+    def stat_all(
+        self, name: str, *, steps: slice | None = None, rows: Any = None
+    ) -> tuple[list[SiteEntry], np.ndarray]:
         """A one-value-per-site statistic for all its sites at once: ``(sites, [steps, n_sites])``."""
         st = self.layout.stat(schema.ACT, name)
         if st is None:
             raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run")
-        data = _missing_as_nan(self._f[f"{schema.ACT}/{name}"][self._rows(steps), :])
         if st.width != len(st.rows):
             raise MissingDataError(f"{self.path}: statistic {name!r} has several values per site; use stat()")
+        data = _missing_as_nan(self._read(f"{schema.ACT}/{name}", steps, rows))
         return [self.layout.sites[r] for r in st.rows], data
 
     def hist_edges(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
@@ -288,7 +319,7 @@ class Run:
             return np.arange(site.channels)
         return np.asarray(site.channel_index)
 
-    def grad(self, name: str, *, steps: slice | None = None) -> tuple[list[str], np.ndarray]:
+    def grad(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[str], np.ndarray]:
         """A gradient statistic for every layer with parameters: ``(layer names, [steps, layers])``."""
         st = self.layout.stat(schema.GRAD, name)
         if st is None:
@@ -296,16 +327,16 @@ class Run:
         names = [e.name for e in sorted(
             (e for e in self.layout.layers if e.grad_index is not None), key=lambda e: e.grad_index or 0
         )]
-        return names, self._f[f"{schema.GRAD}/{name}"][self._rows(steps), :]
+        return names, self._read(f"{schema.GRAD}/{name}", steps, rows)
 
-    def module_stat(self, name: str, layer: str, *, steps: slice | None = None) -> np.ndarray:
+    def module_stat(self, name: str, layer: str, *, steps: slice | None = None, rows: Any = None) -> np.ndarray:
         """A module tensor over training (``weight``, ``bias``, ``running_mean``, ``running_var``)."""
         st = self.layout.stat(schema.MODULE, name)
         index = next((i for i, e in enumerate(self.layout.layers) if e.name == layer), None)
         if st is None or index is None or index not in st.rows:
             raise MissingDataError(f"{self.path}: {name!r} of layer {layer!r} was not recorded")
         j = st.rows.index(index)
-        return self._f[f"{schema.MODULE}/{name}"][self._rows(steps), st.offsets[j] : st.offsets[j + 1]]
+        return self._read(f"{schema.MODULE}/{name}", steps, rows, st.offsets[j], st.offsets[j + 1])
 
     def wall_time(self) -> np.ndarray:
         """Seconds since the recorder started, per recorded row."""

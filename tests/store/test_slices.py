@@ -1,0 +1,63 @@
+"""Reading parts of a run: row indices, strides, and the chunk shape that keeps them cheap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import normviz
+from normviz.store import writer
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 40), nn.BatchNorm1d(40), nn.ReLU(), nn.Linear(40, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path_factory.mktemp("slices") / "run.h5"
+    with normviz.Recorder(model, path, every=1) as rec:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = model(torch.randn(16, 8)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            rec.step(loss=loss.item())
+    return path
+
+
+def test_rows_match_full_reads(run_path) -> None:
+    with normviz.open(run_path) as run:
+        rows = [7, 0, 3, 3, -1]
+        full = run.stat("channel_mean", "1", "input")
+        np.testing.assert_array_equal(run.stat("channel_mean", "1", "input", rows=rows), full[rows])
+        np.testing.assert_array_equal(run.stat("mean", "1", "input", rows=rows), run.stat("mean", "1", "input")[rows])
+        np.testing.assert_array_equal(run.stat("hist", "1", "output", rows=[2]), run.stat("hist", "1", "output")[[2]])
+        np.testing.assert_array_equal(run.grad("grad_norm", rows=rows)[1], run.grad("grad_norm")[1][rows])
+        np.testing.assert_array_equal(run.module_stat("weight", "1", rows=rows), run.module_stat("weight", "1")[rows])
+        sites, counts = run.stat_all("nonfinite", rows=rows)
+        np.testing.assert_array_equal(counts, run.stat_all("nonfinite")[1][rows])
+        assert run.stat("channel_mean", "1", "input", rows=[]).shape == (0, full.shape[1])
+
+
+def test_strided_steps(run_path) -> None:
+    with normviz.open(run_path) as run:
+        full = run.stat("percentiles", "0")
+        np.testing.assert_array_equal(run.stat("percentiles", "0", steps=slice(1, None, 4)), full[1::4])
+
+
+def test_rows_are_checked(run_path) -> None:
+    with normviz.open(run_path) as run:
+        with pytest.raises(IndexError):
+            run.stat("mean", "1", "input", rows=[len(run.steps)])
+        with pytest.raises(TypeError):
+            run.stat("mean", "1", "input", rows=[0], steps=slice(0, 1))
+
+
+def test_wide_datasets_split_columns_keep_rows() -> None:
+    narrow = writer._chunks(100, 4)
+    assert narrow == (655, 100)
+    rows_wide = writer._CHUNK_BYTES // (4800 * 4)
+    assert writer._chunks(4800, 4) == (rows_wide, writer._COLUMN_BLOCK)
+    assert writer._chunks(None, 8) == (4096,)
