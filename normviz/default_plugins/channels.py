@@ -122,22 +122,30 @@ def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: d
     return drawn
 
 
-def _bn_panel(axes: list[Any], run: Any, layer: str, rows: slice, color: str) -> None:
+def _bn_panel(axes: list[Any], run: Any, layer: str, rows: slice, color: str, max_points: int) -> None:
     x = np.asarray(run.steps[rows], dtype=np.float64)
     index = run.channel_index(layer, "input")
     picks = analysis.pick_rows(len(index), BN_CHANNELS)
     colors = common.shades(color, len(picks), lightest=0.6)
+    batch_var = None
     for ax, batch_stat, running in zip(axes, ("channel_mean", "channel_var"), ("running_mean", "running_var")):
         batch = run.stat(batch_stat, layer, "input", steps=rows)
+        if batch_stat == "channel_var":
+            batch_var = batch
         run_stat = common.module_channels(run, running, layer, "input", steps=rows)
         for c, shade in zip(picks, colors):
-            ax.plot(x, batch[:, c], linestyle="none", marker=".", markersize=2.5, color=shade,
+            # Long runs: the batch values become block means with their min/max band.
+            env = analysis.envelope(x, batch[:, c], max_points)
+            ax.plot(env.x, env.y, linestyle="none", marker=".", markersize=2.5, color=shade,
                     gid=f"batch:{batch_stat}:{int(index[c])}")
-            ax.plot(x, run_stat[:, c], color=shade, linewidth=1.0, gid=f"running:{running}:{int(index[c])}")
+            if env.lo is not None and env.hi is not None:
+                ax.fill_between(env.x, env.lo, env.hi, color=shade, alpha=0.2, linewidth=0)
+            common.line(ax, x, run_stat[:, c], max_points=max_points, color=shade, linewidth=1.0,
+                        gid=f"running:{running}:{int(index[c])}")
         common.step_axis(ax)
     axes[0].set_title(f"BN {layer}: channel mean", loc="left", fontsize="small")
     axes[1].set_title("channel variance", loc="left", fontsize="small")
-    if common.wants_log(run.stat("channel_var", layer, "input", steps=rows), 10.0):
+    if common.wants_log(batch_var, 10.0):
         axes[1].set_yscale("log")
 
 
@@ -150,13 +158,15 @@ def draw(
     max_layers: int = 2,
     at: Any = None,
     max_channels: int = 24,
+    max_points: int = 1000,
 ) -> Figure:
     """Draw per-channel and per-group distributions of norm layers into ``fig``.
 
     Options: ``layers`` (glob over norm layer names), ``steps`` (training steps
     ``"START:STOP"``), ``max_layers`` (norm layers of a single run), ``at``
     (training steps to show, e.g. ``"0,500,1000"``; default first, middle and
-    last), ``max_channels`` (evenly spaced channels per panel).
+    last), ``max_channels`` (evenly spaced channels per panel), ``max_points``
+    (longer BatchNorm series become block means with a min/max band).
     """
     runs = common.as_runs(runs)
     plan = _plan(runs, layers, max_layers)
@@ -208,7 +218,7 @@ def draw(
     if bn:
         run, layer = bn
         axes = [fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])]
-        _bn_panel(axes, run, layer, windows[id(run)], looks[id(run)].color)
+        _bn_panel(axes, run, layer, windows[id(run)], looks[id(run)].color, max_points)
     handles = [Line2D([], [], linestyle="none", marker="o", markersize=3, color=c)
                for c in common.shades("#555555", 3, lightest=0.65)]
     labels = ["first step", "middle", "last"]
@@ -233,7 +243,7 @@ RENDERER = Renderer(
     draw=draw,
     description="per-channel and per-group distributions before/after each norm layer; BatchNorm batch vs running",
     requires=frozenset({"channel_mean", "channel_var", "group_mean", "group_scale"}),
-    options=("layers", "steps", "max_layers", "at", "max_channels"),
+    options=("layers", "steps", "max_layers", "at", "max_channels", "max_points"),
 )
 
 

@@ -33,17 +33,17 @@ from normviz.plot import common
 BAND_LEVELS = (15.0, 50.0, 85.0)
 
 
-def _drifts(run: Any, rows: slice, layers: str | None) -> list[tuple[analysis.DriftSite, np.ndarray]]:
+def _sites(run: Any, layers: str | None) -> list[analysis.DriftSite]:
     sites = analysis.drift_sites(run)
     names = set(analysis.select_names([s.layer for s in sites], layers))
-    out = []
-    for site in sites:
-        if site.layer not in names:
-            continue
-        mean = run.stat("channel_mean", site.layer, site.role, steps=rows)
-        var = run.stat("channel_var", site.layer, site.role, steps=rows)
-        out.append((site, analysis.channel_drift(mean, var)))
-    return out
+    return [site for site in sites if site.layer in names]
+
+
+def _drift(run: Any, site: analysis.DriftSite, rows: slice) -> np.ndarray:
+    """Read only this site's columns (a long run is never read whole for the few sites drawn)."""
+    mean = run.stat("channel_mean", site.layer, site.role, steps=rows)
+    var = run.stat("channel_var", site.layer, site.role, steps=rows)
+    return analysis.channel_drift(mean, var)
 
 
 def _band(ax: Any, run: Any, look: Any, layer: str, role: str, rows: slice, max_points: int, fill: bool,
@@ -91,14 +91,14 @@ def draw(
     for run in runs:
         rows = common.step_rows(run, steps)
         windows.append(common.divergence(run, rows))
-    drifts = [_drifts(run, rows, layers) for run, (rows, _) in zip(runs, windows)]
+    drifts = [_sites(run, layers) for run in runs]
     if not any(drifts):
         raise MissingDataError("covariate-shift: no layer with per-channel statistics"
                                + (f" matches {layers!r}" if layers else ""))
-    keys = [[site.key for site, _ in per_run] for per_run in drifts]
+    keys = [[site.key for site in per_run] for per_run in drifts]
     titles: dict[tuple[str, str], str] = {}
     for per_run in drifts:
-        for site, _ in per_run:
+        for site in per_run:
             if site.same_as is not None:
                 titles[site.key] = f"{site.layer or '(root)'} input = {site.same_as[0] or '(root)'} output"
     order = analysis.merged_order([[layer.name for layer in run.layers] for run in runs])
@@ -129,7 +129,7 @@ def draw(
         drift_axes.append(ax)
     for r, (run, look, per_run, (rows, diverged)) in enumerate(zip(runs, looks, drifts, windows)):
         x = np.asarray(run.steps[rows], dtype=np.float64)
-        shown = [(site, d) for site, d in per_run if site.key in panels]
+        shown = [(site, _drift(run, site, rows)) for site in per_run if site.key in panels]
         colors = common.shades(look.color, len(shown)) if single else [look.color] * len(shown)
         for color, (site, d) in zip(colors, shown):
             ax = drift_axes[0] if single else drift_axes[panels.index(site.key)]
@@ -157,7 +157,7 @@ def draw(
     drawn = {"input": False, "output": False}
     # A run without normalization has no layer `name`; what would enter that norm
     # is the output of the layer before it, and with no norm it also leaves unchanged.
-    stand_in = next((site.same_as for per_run in drifts for site, _ in per_run
+    stand_in = next((site.same_as for per_run in drifts for site in per_run
                      if site.layer == name and site.same_as is not None), None)
     for run, look, (rows, diverged) in zip(runs, looks, windows):
         has = any(layer.name == name for layer in run.layers)
