@@ -1,0 +1,242 @@
+"""GPU overhead of normviz recording: a ResNet-50-sized CNN and a GPT-2-small-sized transformer.
+
+    python benchmarks/gpu_overhead.py                 # on a CUDA machine, a few minutes
+    python benchmarks/gpu_overhead.py --device cpu --quick   # the smoke test this script is tested with
+
+For each model: bare training vs ``Recorder(every=1)`` vs ``Recorder(every=10)``, bf16
+autocast, interleaved rounds (bare, every1, every10, then rotated), warm-up excluded,
+median ms/step and the median of per-round ratios to bare. Then one recorded step under
+``torch.cuda.set_sync_debug_mode("error")`` around the forward/backward, proving that no
+hook synchronises with the host, and the bytes written per recorded step. Prints the
+card's name with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import normviz  # noqa: E402
+
+
+# -- models built in code (no torchvision needed) -------------------------------------------------
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * 4
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.down is None else self.down(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        return self.relu(self.bn3(self.conv3(y)) + idt)
+
+
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """ResNet-50's layout: [3, 4, 6, 3] bottlenecks, 25.6 M parameters, 53 BatchNorms."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                               nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+            cin = width * 4
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.out = nn.Linear(4 * d, d)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(a)
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """GPT-2 small's layout: 12 blocks, d_model 768, 12 heads (124 M parameters with the 50257 vocabulary)."""
+
+    def __init__(self, vocab: int = 50257, d: int = 768, layers: int = 12, heads: int = 12, seq: int = 1024) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(seq, d)
+        self.blocks = nn.ModuleList(GPTBlock(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+# -- timing -----------------------------------------------------------------------------------------
+def make_case(name: str, device: torch.device, quick: bool) -> tuple[nn.Module, Callable[[], torch.Tensor], torch.optim.Optimizer]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if name == "resnet50":
+        model = resnet50().to(device)
+        batch, size = (4, 64) if quick else (128, 224)
+        x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+        y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def loss_fn() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return F.cross_entropy(model(x), y)
+    else:
+        seq, batch, vocab = (64, 2, 1024) if quick else (1024, 8, 50257)
+        model = GPT(vocab=vocab, layers=2 if quick else 12, seq=seq).to(device)
+        idx = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+
+        def loss_fn() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits = model(idx[:, :-1])
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
+    return model, loss_fn, opt
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step: Callable[[], None], n: int, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(device)
+    return (time.perf_counter() - t) / n
+
+
+def bench(name: str, device: torch.device, quick: bool, rounds: int, steps: int, folder: Path) -> dict[str, object]:
+    model, loss_fn, opt = make_case(name, device, quick)
+    recorders: dict[str, normviz.Recorder | None] = {"bare": None}
+    state = {"rec": None}
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        if state["rec"] is not None:
+            state["rec"].step(loss=loss)
+
+    variants = {"bare": None, "every1": 1, "every10": 10}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    sizes: dict[str, tuple[int, int]] = {}
+    for _ in range(2):
+        step()  # warm-up (cuDNN autotune, allocator)
+    order = list(variants)
+    for r in range(rounds):
+        for v in order[r % 3 :] + order[: r % 3]:
+            every = variants[v]
+            rec = None
+            if every is not None:
+                path = folder / f"{name}-{v}-{r}.h5"
+                rec = normviz.Recorder(model, path, every=every)
+                state["rec"] = rec
+                step()  # the first recorded step fixes the layout: excluded
+            times[v].append(time_steps(step, steps, device))
+            if rec is not None:
+                rec.close()
+                state["rec"] = None
+                with normviz.open(path) as run:
+                    sizes[v] = (path.stat().st_size, len(run.steps))
+    bare = times["bare"]
+    out: dict[str, object] = {"model": name, "ms_per_step": {v: 1e3 * statistics.median(t) for v, t in times.items()}}
+    out["ratio"] = {v: statistics.median(a / b for a, b in zip(t, bare)) for v, t in times.items()}
+    out["bytes_per_recorded_step"] = {v: s / max(n, 1) for v, (s, n) in sizes.items()}
+    out["no_sync_in_hooks"] = check_no_sync(model, loss_fn, opt, device, folder / f"{name}-sync.h5")
+    return out
+
+
+def check_no_sync(model: nn.Module, loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer,
+                  device: torch.device, path: Path) -> str:
+    """One recorded step with CUDA's sync debug mode set to raise around forward and backward."""
+    if device.type != "cuda":
+        return "skipped (not CUDA)"
+    with normviz.Recorder(model, path) as rec:
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                loss = loss_fn()
+                loss.backward()
+                opt.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            rec.step(loss=loss)
+    return "ok: no synchronising call during recorded forward/backward/optimizer step"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default="resnet50,gpt2")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --device cpu --quick for the smoke test", file=sys.stderr)
+        return 2
+    rounds = args.rounds or (2 if args.quick else 5)
+    steps = args.steps or (2 if args.quick else 10)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {card}; torch {torch.__version__}; normviz {normviz.__version__}; rounds {rounds} x {steps} steps")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            res = bench(name, device, args.quick, rounds, steps, Path(tmp))
+            results.append(res)
+            ms, ratio, size = res["ms_per_step"], res["ratio"], res["bytes_per_recorded_step"]
+            print(f"{name:9s} bare {ms['bare']:.1f} ms | every=1 {ms['every1']:.1f} ms ({ratio['every1']:.3f}x) | "
+                  f"every=10 {ms['every10']:.1f} ms ({ratio['every10']:.3f}x) | "
+                  f"{size.get('every1', 0) / 1024:.1f} KiB per recorded step | sync check: {res['no_sync_in_hooks']}",
+                  flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"device": card, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
