@@ -38,7 +38,10 @@ def _missing_as_nan(data: np.ndarray) -> np.ndarray:
     """Integer statistics mark a site that did not run with -1: return them as float with NaN."""
     if np.issubdtype(data.dtype, np.integer):
         out = data.astype(np.float64)
-        out[data < 0] = np.nan
+        if np.issubdtype(data.dtype, np.unsignedinteger):
+            out[data == np.iinfo(data.dtype).max] = np.nan
+        else:
+            out[data < 0] = np.nan
         return out
     return data
 

@@ -27,11 +27,14 @@ import numpy as np
 from normviz.store import schema
 from normviz.store.layout import Layout
 
-_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32}
+_DTYPES = {
+    "float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32, "uint16": np.uint16,
+}
 _CHUNK_BYTES = 256 * 1024
 #: Columns per chunk of a wide dataset (see :func:`_chunks`).
 _COLUMN_BLOCK = 256
-#: Integer statistics store this where a site did not run in a step (floats store NaN).
+#: Integer statistics store -1 (unsigned ones their largest value) where a site did not
+#: run in a step; floats store NaN.
 MISSING_INT = -1
 _FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "fletcher32": True}
 
@@ -289,7 +292,8 @@ class RunWriter:
                 block = (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width]  # type: ignore[index]
                 dtype = _DTYPES[st.dtype]
                 if np.issubdtype(dtype, np.integer):
-                    block = np.where(np.isnan(block), MISSING_INT, block)  # a site that did not run this step
+                    missing = np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT
+                    block = np.where(np.isnan(block), missing, block)  # a site that did not run this step
                 _append(f[f"{st.group}/{st.name}"], block.astype(dtype, copy=False))
             _append(f[schema.WALL_TIME], np.array([r[1] for r in self._rows], dtype=np.float64))
         if self._scalar_rows:
