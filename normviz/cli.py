@@ -252,8 +252,11 @@ def plot(
             run.close()
     for path in report.written:
         click.echo(str(path))
+    # A renderer of the default set that does not apply (no norm layer, a single rank) is
+    # skipped quietly; one asked for by name says why it drew nothing.
     for renderer, message in report.skipped.items():
-        click.echo(f"normviz: skipped renderer {renderer!r} on {message}", err=True)
+        if wanted:
+            click.echo(f"normviz: skipped renderer {renderer!r} on {message}", err=True)
     for renderer, message in report.failures.items():
         click.echo(f"normviz: {message}", err=True)
     if report.failures:

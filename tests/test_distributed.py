@@ -89,7 +89,9 @@ def _check_same(merged, full, sites, steps, stats=("channel_mean", "channel_var"
         for stat in stats:
             a = merged.stat(stat, site.layer, site.role, steps=steps)
             b = full.stat(stat, site.layer, site.role, steps=steps)
-            scale = np.nanmax(np.abs(b)) + 1e-6
+            # Channel means that are exactly 0 in one run (a BatchNorm output at β = 0) are
+            # float noise of order 1e-8 in the other: compare at the activations' scale.
+            scale = max(np.nanmax(np.abs(b)), 1e-2)
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{stat} of {site.key}")
 
 
