@@ -21,9 +21,18 @@ in nats, averaged over the stored channels (all of them unless the run thinned
 wide layers). ``D`` is 0 when nothing moved, invariant to rescaling the layer
 (a shift of one standard deviation gives 1), and defined for the first recorded
 step as NaN. It compares *consecutive recorded rows*: a run recorded every
-``k`` steps shows the drift over ``k`` steps. Variances are floored at
-``rel_floor`` times the mean variance over the channels of both steps, so a
-dead (constant) channel does not make it infinite.
+``k`` steps shows the drift over ``k`` steps.
+
+*Variance floor.* Each channel's variance is floored at ``rel_floor`` (default
+0.05) times the layer's pooled variance, averaged over the two steps compared:
+the mean over channels of the per-channel variance plus the variance of the
+channel means, i.e. the spread of all the layer's activations. Without it a
+near-constant channel (or a whole layer whose activations barely vary over the
+batch, e.g. collapsed logits) turns a small move of its mean into a drift of
+thousands of nats. With it, ``D`` is the divergence between Gaussians at
+least ``√rel_floor`` (about 0.22) layer standard deviations wide: a mean shift
+of one layer standard deviation contributes at most ``1/rel_floor`` = 20 nats
+for that channel. Channels wider than the floor are unaffected.
 
 *Which distribution.* A norm layer's recorded ``input`` site is exactly the
 distribution the norm sees. Ordinary layers are recorded at their output only
@@ -103,7 +112,7 @@ def gaussian_symmetric_kl(
 
 
 def channel_drift(
-    channel_mean: Any, channel_var: Any, *, rel_floor: float = 1e-6
+    channel_mean: Any, channel_var: Any, *, rel_floor: float = 0.05
 ) -> np.ndarray:
     """Drift of a site's distribution between consecutive recorded steps.
 
@@ -113,8 +122,10 @@ def channel_drift(
         ``[S, C]`` per-channel means and (population) variances, first axis the
         recorded step (``run.stat("channel_mean", ...)``).
     rel_floor
-        Variances are floored at ``rel_floor`` × the mean variance over the
-        channels of the two steps compared (and at 1e-30).
+        Variances are floored at ``rel_floor`` × the layer's pooled variance
+        (mean channel variance plus the variance of the channel means),
+        averaged over the two steps compared, and at 1e-30 (see "Variance
+        floor" in the module docstring). 0 floors only at 1e-30.
 
     Returns
     -------
@@ -135,7 +146,8 @@ def channel_drift(
     vp, vq = var[1:], var[:-1]
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        scale = 0.5 * (np.mean(vp, axis=1) + np.mean(vq, axis=1))
+        pooled = np.mean(var, axis=1) + np.var(mean, axis=1)
+        scale = 0.5 * (pooled[1:] + pooled[:-1])
     floor = np.maximum(rel_floor * scale, 1e-30)[:, None]
     skl = gaussian_symmetric_kl(mean[1:], np.maximum(vp, floor), mean[:-1], np.maximum(vq, floor))
     with warnings.catch_warnings():
@@ -549,8 +561,10 @@ def select_names(
 
     Matching uses :func:`fnmatch.fnmatchcase` on the qualified layer name;
     ``"*"``-free patterns match exactly. When more than ``limit`` names match,
-    an evenly spaced subset is kept that always includes the first and the last
-    (shallowest and deepest). Order is preserved.
+    an evenly spaced subset is kept that always includes the first (the
+    shallowest) and, for ``limit >= 2``, the last (the deepest); ``limit = 1``
+    keeps the first. Order is preserved. Every renderer's ``max_layers`` goes
+    through here, so they all agree on which layers a small limit keeps.
     """
     if pattern is None:
         chosen = list(names)
@@ -560,7 +574,7 @@ def select_names(
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if limit is not None and limit > 0 and len(chosen) > limit:
         if limit == 1:
-            return [chosen[-1]]
+            return [chosen[0]]
         idx = np.round(np.linspace(0, len(chosen) - 1, limit)).astype(int)
         chosen = [chosen[i] for i in sorted({int(i) for i in idx})]
     return chosen

@@ -53,6 +53,26 @@ def test_channel_drift_floors_dead_channels_and_flags_nonfinite():
     assert analysis.channel_drift(mean[:1], var[:1]).shape == (1,)
 
 
+def test_channel_drift_floor_is_relative_to_the_layer_spread():
+    # Collapsed logits: every channel nearly constant over the batch (std 1e-3),
+    # the channel means spread over ~1 and moving by ~0.5 between steps.
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(2, 10))
+    mean[1] = mean[0] + 0.5 * rng.normal(size=10)
+    var = np.full((2, 10), 1e-6)
+    d = analysis.channel_drift(mean, var)
+    assert d[1] < 50.0  # unfloored it would be ~2e5 nats
+    assert analysis.channel_drift(mean, var, rel_floor=0.0)[1] > 1e4
+    # The floor is rel_floor x the pooled variance: with every variance below it,
+    # D is exactly the SKL of Gaussians with that variance.
+    pooled = 0.5 * sum(np.mean(var[t]) + np.var(mean[t]) for t in (0, 1))
+    floor = 0.05 * pooled
+    expect = np.mean(analysis.gaussian_symmetric_kl(mean[1], floor, mean[0], floor))
+    assert d[1] == pytest.approx(expect)
+    # Channels as wide as the layer are not touched: still exactly one std shift -> 1.
+    assert analysis.channel_drift(np.array([[0.0], [1.0]]), np.array([[1.0], [1.0]]))[1] == pytest.approx(1.0)
+
+
 def test_percentile_band_picks_the_recorded_columns():
     values = np.arange(2 * 9, dtype=float).reshape(2, 9)
     band = analysis.percentile_band(values, LEVELS)
@@ -144,6 +164,9 @@ def test_select_names_glob_and_even_thinning():
     thin = analysis.select_names(names, None, 4)
     assert thin[0] == "l0" and thin[-1] == "l9" and len(thin) == 4
     assert analysis.select_names(names, "zz") == []
+    # A limit of 1 keeps the shallowest layer, like the first of any thinning.
+    assert analysis.select_names(names, None, 1) == ["l0"]
+    assert analysis.select_names(names, "l[3-7]", 1) == ["l3"]
 
 
 def test_merged_order_places_missing_layers_in_depth():
