@@ -2,7 +2,9 @@
 
 Top: the drift of each layer's input distribution between consecutive
 recorded steps (:func:`normviz.analysis.channel_drift`: the mean over channels
-of the symmetric KL divergence between per-channel Gaussians; for norm layers
+of the symmetric KL divergence between per-channel Gaussians, each channel's
+variance floored at 5 % of the layer's pooled variance so that near-constant
+channels do not blow it up, hence the axis label "floored sym. KL"; for norm layers
 their input, for other layers their output, i.e. what enters the next layer,
 see :mod:`normviz.analysis`). One run: one line per layer, lighter for
 shallower layers. Several runs: one panel per layer, runs overlaid on shared
@@ -150,7 +152,8 @@ def draw(
     if single:
         drift_axes[0].set_title("drift of each layer's input between recorded steps", loc="left", fontsize="small")
     common.step_axis(drift_axes[-1])
-    drift_axes[len(drift_axes) // 2].set_ylabel("drift (sym. KL, nats)")
+    # Sym. KL with each channel's variance floored at 5% of the layer's (analysis.channel_drift).
+    drift_axes[len(drift_axes) // 2].set_ylabel("floored sym. KL (nats)")
     band_axes = [fig.add_subplot(grid[-1, 0]), fig.add_subplot(grid[-1, 1])]
     band_axes[1].sharey(band_axes[0])
     band_axes[1].sharex(band_axes[0])

@@ -320,11 +320,54 @@ def wants_log(values: Any, ratio: float = 30.0) -> bool:
     return bool(finite.max() / finite.min() > ratio)
 
 
+def _text_width(text: str, size: float) -> float:
+    """Width in points of ``text`` at font ``size`` in the active style's font."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    if not text:
+        return 0.0
+    ismath = "$" in text and text.count("$") % 2 == 0 and text.count("$") >= 2
+    lines = str(text).split("\n")
+    return max(TextToPath().get_text_width_height_descent(line, FontProperties(size=size), ismath=ismath)[0]
+               for line in lines)
+
+
+#: Legend layout constants, in font sizes (those :func:`figure_legend` passes).
+_HANDLE_LENGTH, _HANDLE_PAD, _COLUMN_SPACING, _FRAME = 2.2, 0.8, 1.0, 2.0
+
+
+def legend_columns(labels: Sequence[str], width_in: float, size: float, cols: int, *,
+                   title: str | None = None) -> int:
+    """The most columns, up to ``cols``, whose legend fits in ``width_in`` inches.
+
+    Entries fill the columns top to bottom as matplotlib lays them out; a column
+    is as wide as its longest label plus the handle. 0 when even one column is
+    too wide (or the title is).
+    """
+    avail = width_in * 72.0 * 0.98
+    widths = [_text_width(str(label), size) for label in labels]
+    entry = (_HANDLE_LENGTH + _HANDLE_PAD) * size
+    if title and _text_width(title, size) + _FRAME * size > avail:
+        return 0
+    for c in range(max(1, min(cols, len(widths))), 0, -1):
+        rows = -(-len(widths) // c)
+        chunks = [widths[k * rows:(k + 1) * rows] for k in range(c)]
+        chunks = [ch for ch in chunks if ch]
+        total = sum(entry + max(ch) for ch in chunks) + _COLUMN_SPACING * size * (len(chunks) - 1) + _FRAME * size
+        if total <= avail:
+            return len(chunks)
+    return 0
+
+
 def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *, title: str | None = None,
                   ncols: int | None = None) -> Any:
     """A legend below the panels, outside them; the figure grows to make room.
 
-    Needs constrained layout (normviz figures have it).
+    The number of columns follows the entries (``ncols`` when given, twice that
+    on wide figures), then shrinks until the legend fits the figure width; when
+    even one column is too wide the font shrinks (down to 70 %). Needs
+    constrained layout (normviz figures have it).
     """
     if not handles:
         return None
@@ -337,18 +380,35 @@ def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
     else:
         cols = n if n <= 3 else (3 if n in (5, 6, 9) else 4)
     cols = min(cols, n)
-    rows = -(-n // cols) + (1 if title else 0)
     import matplotlib
 
     line_h = matplotlib.rcParams["legend.fontsize"]
     size = line_h if isinstance(line_h, (int, float)) else matplotlib.rcParams["font.size"]
-    extra = rows * 1.5 * size / 72 + 0.05
+    if isinstance(line_h, str):
+        from matplotlib.font_manager import FontProperties
+
+        size = FontProperties(size=line_h).get_size_in_points()
     width, height = fig.get_size_inches()
     limit = _style_limit(width)
+
+    def extra_for(fit: int, fontsize: float) -> float:
+        rows = -(-n // max(fit, 1)) + (1 if title else 0)
+        return rows * 1.5 * fontsize / 72 + 0.05
+
+    # Full size when it fits the width (and, on a figure at its style's height
+    # limit, takes at most a quarter of it); else a smaller font, more columns.
+    for fontsize in (size, size * 0.85, size * 0.7):
+        fit = legend_columns(labels, width, fontsize, cols, title=title)
+        if fit and (limit is None or height + extra_for(fit, fontsize) <= limit
+                    or extra_for(fit, fontsize) <= 0.25 * limit):
+            break
+    cols = max(fit, 1)
+    extra = extra_for(cols, fontsize)
     new_height = height + extra if limit is None else min(limit, height + extra)
     fig.set_size_inches(width, new_height)
     return fig.legend(list(handles), list(labels), loc="outside lower center", ncols=cols, title=title,
-                      handlelength=2.2, columnspacing=1.0)
+                      handlelength=_HANDLE_LENGTH, handletextpad=_HANDLE_PAD, columnspacing=_COLUMN_SPACING,
+                      fontsize=fontsize, title_fontsize=fontsize)
 
 
 def look_handles(looks: Sequence[RunLook]) -> tuple[list[Line2D], list[str]]:
