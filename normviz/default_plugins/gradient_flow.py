@@ -191,7 +191,36 @@ def draw(
         labels = [*labels, "non-finite"]
     common.figure_legend(fig, handles, labels, title=title)
     common.figure_title(fig, "gradient flow", runs)
+    _fit_layer_ticks(fig, heat_axes, data)
     return fig
+
+
+def layer_tick_rows(n: int, panel_pt: float, label_pt: float, limit: int = 6) -> list[int]:
+    """Rows (of ``n``) to label on a heatmap ``panel_pt`` points high.
+
+    Labels at least ``1.3 × label_pt`` apart, evenly spaced from the first row,
+    at most ``limit``; always the first row.
+    """
+    if n <= 0:
+        return []
+    row_pt = panel_pt / n
+    step = max(1, int(np.ceil(1.3 * label_pt / max(row_pt, 1e-9))), int(np.ceil((n - 1) / max(limit - 1, 1))))
+    return list(range(0, n, step))
+
+
+def _fit_layer_ticks(fig: Figure, heat_axes: list[Any], data: list[dict[str, Any]]) -> None:
+    """Label only as many heatmap rows as fit each panel's height (after layout)."""
+    from matplotlib.font_manager import FontProperties
+
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+    height_pt = fig.get_figheight() * 72.0
+    for ax, d in zip(heat_axes, data):
+        labels = ax.get_yticklabels()
+        size = labels[0].get_fontsize() if labels else FontProperties(size="medium").get_size_in_points()
+        rows = layer_tick_rows(len(d["names"]), ax.get_position().height * height_pt, size)
+        ax.set_yticks([p + 0.5 for p in rows], [d["names"][p] or "(root)" for p in rows])
 
 
 RENDERER = Renderer(
