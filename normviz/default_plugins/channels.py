@@ -2,7 +2,11 @@
 
 1. Per-channel distributions before (input) and after (output) a norm layer at
    a few steps (first, middle and last recorded by default): each channel's
-   mean ± standard deviation, lighter for earlier steps. On the output side the
+   mean ± standard deviation, lighter for earlier steps. At most
+   ``max_channels`` channels, evenly spaced among the stored ones (a wide layer
+   stores only some channels, see ``run.channel_index``) and drawn side by side
+   at equal spacing; the x ticks name the true channel numbers. The output is
+   the module's output, after γ and β. On the output side the
    layer's β (black tick) and β ± |γ| (grey bar) at the last step are drawn
    behind (those the forward pass used: recorded one step earlier, when that
    step was recorded, since γ and β are recorded after the update): a norm that
@@ -11,13 +15,21 @@
    whose groups cut across channels (LayerNorm, GroupNorm, RMSNorm) do not.
 2. The normalization groups (the sets one mean/variance or RMS is computed
    over) at the last step: box plots of the group means and group scales of the
-   input (hollow) and the output (filled) per run. The output boxes show what
-   the kind holds fixed (mean 0 / scale 1 before γ and β are applied).
+   input (hollow) and the output (filled), one pair per run (one run: per norm
+   layer, labelled by layer and kind). The recorded output is after γ and β, so
+   the kind's normalization (mean 0 / scale 1, dashed) holds only before them:
+   for kinds whose groups lie within one channel (BatchNorm, InstanceNorm) the
+   output group means sit at the channels' β and the group scales at their |γ|,
+   drawn as black ticks beside the output box (γ, β as the forward pass used
+   them); for LayerNorm, GroupNorm and RMSNorm the groups mix channels with
+   different γ and β.
 3. BatchNorm's batch statistics against its running statistics (the ones eval
    mode uses) for a few channels over training, when a run has BatchNorm.
 
 A run that became non-finite is shown up to its last finite step. One run: up
-to ``max_layers`` norm layers. Several runs: one row per run, all
+to ``max_layers`` norm layers, evenly spread in depth from the shallowest
+(``max_layers=1``: the first norm layer; the same choice every renderer's
+``max_layers`` makes). Several runs: one row per run, all
 on the same layer (the first norm layer they share); runs without a norm
 layer are left out of rows 1 and 2.
 """
@@ -29,7 +41,6 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
 from normviz import analysis
 from normviz.datatypes import Register, Renderer
@@ -38,6 +49,11 @@ from normviz.hookspecs import hookimpl
 from normviz.plot import common
 
 BN_CHANNELS = 3
+#: Kinds whose normalization groups lie within one channel: their output group
+#: means and scales are the channels' β and |γ|.
+PER_CHANNEL_KINDS = ("batch", "instance")
+#: Labelled x ticks of a channel panel.
+CHANNEL_TICKS = 6
 
 
 def _plan(runs: list[Any], layers: str | None, max_layers: int) -> list[tuple[Any, str]]:
@@ -65,10 +81,13 @@ def _rows_at(run: Any, rows: slice, at: Any) -> list[int]:
 
 
 def _channel_panel(ax: Any, run: Any, layer: str, role: str, picks: list[int], color: str, max_channels: int) -> None:
+    # Evenly spaced positions among the stored channels, drawn at equal spacing
+    # (slot k at x = k); the ticks name the true channel numbers.
     index = np.asarray(run.channel_index(layer, role))
     keep = analysis.pick_rows(len(index), max_channels)
-    ids = index[keep].astype(np.float64)
-    spacing = float(np.min(np.diff(ids))) if len(ids) > 1 else 1.0
+    true = [int(index[k]) for k in keep]
+    ids = np.arange(len(keep), dtype=np.float64)
+    spacing = 1.0
     colors = common.shades(color, len(picks), lightest=0.65)
     width = 0.6 * spacing / max(1, len(picks))
     for k, (row, shade) in enumerate(zip(picks, colors)):
@@ -92,11 +111,50 @@ def _channel_panel(ax: Any, run: Any, layer: str, role: str, picks: list[int], c
             ax.bar(ids, 2 * gamma, bottom=beta - gamma, width=0.85 * spacing, color="0.88", zorder=0, gid="gamma")
             ax.plot(ids, beta, linestyle="none", marker="_", markersize=5, color="black", zorder=1, gid="beta")
     ax.set_xlim(ids[0] - spacing, ids[-1] + spacing)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    ticks = analysis.pick_rows(len(keep), CHANNEL_TICKS)
+    ax.set_xticks([float(t) for t in ticks], [str(true[t]) for t in ticks])
+    ax.set_xticks(ids, minor=True)
+    total = next((s.channels for s in run.sites if s.layer == layer and s.role == role), len(index))
+    ax.set_xlabel("channel" if len(keep) == total else f"channel ({len(keep)} of {total})")
 
 
-def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: dict[int, int]) -> list[float]:
+def _group_label(run: Any, layer: str, look: Any, by_layer: bool) -> str:
+    if not by_layer:
+        return str(look.label)
+    kind = {lay.name: lay.kind for lay in run.layers}.get(layer)
+    return f"{layer or '(root)'}\n{common.kind_name(kind)}"
+
+
+def _affine_reference(ax: Any, run: Any, layer: str, stat: str, row: int, x: float, label: str) -> list[float]:
+    """β (group means) or |γ| (group scales) of every channel, as ticks at ``x``.
+
+    Only for kinds whose groups lie within one channel; γ, β as the forward pass
+    of ``row`` used them (recorded one row earlier, after that update).
+    """
+    if {lay.name: lay.kind for lay in run.layers}.get(layer) not in PER_CHANNEL_KINDS:
+        return []
+    used = analysis.forward_row(run.steps, row)
+    name = "bias" if stat == "group_mean" else "weight"
+    try:
+        values = np.asarray(run.module_stat(name, layer, steps=slice(used, used + 1)), dtype=np.float64)[0]
+    except MissingDataError:
+        if name == "weight":
+            return []
+        values = np.zeros(1)  # no β: the output is centred at 0
+    values = np.abs(values) if name == "weight" else values
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return []
+    ax.plot(np.full(values.size, x), values, linestyle="none", marker="_", markersize=5, markeredgewidth=0.6,
+            color="black", zorder=3, gid=f"reference:{stat}:{label}")
+    return [float(v) for v in values]
+
+
+def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: dict[int, int],
+                 by_layer: bool) -> list[float]:
+    """One input/output box pair per entry, labelled by run, or by layer and kind (``by_layer``)."""
     drawn: list[float] = []
+    labels = [_group_label(run, layer, look, by_layer) for run, layer, look in runs]
     for i, (run, layer, look) in enumerate(runs):
         for role, dx, filled in (("input", -0.2, False), ("output", 0.2, True)):
             try:
@@ -117,7 +175,9 @@ def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: d
                    whiskerprops={"color": look.color, "linewidth": 0.7}, capprops={"color": look.color},
                    flierprops={"marker": ".", "markersize": 2, "markeredgecolor": look.color})
             drawn += [float(v) for v in q]
-    ax.set_xticks(range(len(runs)), [look.label for _, _, look in runs], rotation=30 if len(runs) > 3 else 0,
+            if role == "output":
+                drawn += _affine_reference(ax, run, layer, stat, row_of[id(run)], i + 0.42, labels[i])
+    ax.set_xticks(range(len(runs)), labels, rotation=30 if len(runs) > 3 else 0,
                   ha="right" if len(runs) > 3 else "center")
     return drawn
 
@@ -192,22 +252,25 @@ def draw(
             first = first or ax
             _channel_panel(ax, run, layer, role, picks[id(run)], look.color, max_channels)
             head = look.label if len(runs) > 1 else f"{layer or '(root)'} {kind[1]}"
-            ax.set_title(f"{head} · {role}" if j == 0 else role, loc="left", fontsize="small",
+            name = role if role == "input" else "output (after γ/β)"
+            # The output's title hugs the right edge, so a long layer name on the left has room.
+            ax.set_title(f"{head} · {name}" if j == 0 else name, loc="left" if j == 0 else "right", fontsize="small",
                          color=look.color if j == 0 else "black")
             if j == 0:
                 ax.set_ylabel("mean ± std")
             else:
                 ax.tick_params(labelleft=False)
-            if i == len(plan) - 1:
-                ax.set_xlabel("channel")
+            if i != len(plan) - 1 and ax.get_xlabel() == "channel":
+                ax.set_xlabel("")  # said once, under the last row (unless thinned)
     row = len(plan)
     if groups:
         axes = [fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])]
         last = {id(run): picks[id(run)][-1] for run, _, _ in groups}
         for ax, stat, ref, title in ((axes[0], "group_mean", 0.0, "group means"),
                                      (axes[1], "group_scale", 1.0, "group scales")):
+            # 0 / 1: what the kind's normalization holds fixed, before γ and β.
             ax.axhline(ref, color="0.6", linewidth=0.6, linestyle="--", zorder=0)
-            values = _group_boxes(ax, groups, stat, last)
+            values = _group_boxes(ax, groups, stat, last, by_layer=len(runs) == 1)
             if not values:
                 ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center",
                         fontsize="small", color="0.4")
@@ -228,7 +291,12 @@ def draw(
     if groups:
         handles += [Line2D([], [], marker="s", linestyle="none", markerfacecolor="white", markeredgecolor="0.3"),
                     Line2D([], [], marker="s", linestyle="none", color="0.3")]
-        labels += ["groups in", "groups out"]
+        labels += ["groups in", "groups out (after γ/β)"]
+        handles += [Line2D([], [], color="0.6", linewidth=0.6, linestyle="--")]
+        labels += ["0 / 1 (before γ/β)"]
+        if any({lay.name: lay.kind for lay in run.layers}.get(layer) in PER_CHANNEL_KINDS for run, layer, _ in groups):
+            handles += [Line2D([], [], color="black", marker="_", linestyle="none", markersize=6)]
+            labels += ["expected: β / |γ|"]
     if bn:
         handles += [Line2D([], [], marker=".", linestyle="none", color="0.3"), Line2D([], [], color="0.3")]
         labels += ["batch", "running"]

@@ -154,3 +154,119 @@ def test_nonfinite_runs_are_drawn_up_to_the_divergence(contract_runs):
     assert marks and all(np.all(np.asarray(m.get_xdata()) == 2) for m in marks)
     fig = normviz.plot(run, "histograms")
     assert fig.findobj(match=lambda a: a.get_gid() == "nonfinite")
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.fixture(scope="module")
+def two_bn_run(tmp_path_factory):
+    """Two BatchNorm layers ("1": 32 channels, "3": 6); 12 of the 32 channels stored."""
+    import torch
+    from torch import nn
+
+    from normviz.testing import record_run
+
+    model = nn.Sequential(nn.Conv2d(3, 32, 1), nn.BatchNorm2d(32), nn.Conv2d(32, 6, 1), nn.BatchNorm2d(6))
+    return record_run(tmp_path_factory.mktemp("two_bn") / "two-bn.h5", model,
+                      lambda g: torch.randn(4, 3, 5, 5, generator=g), steps=3, max_channels=12)
+
+
+def _group_axes(fig):
+    return [ax for ax in fig.axes if ax.get_title(loc="left").startswith("group ")]
+
+
+def test_channels_group_boxes_of_one_run_are_labelled_by_layer(two_bn_run):
+    fig = normviz.plot(two_bn_run, "channels")
+    for ax in _group_axes(fig):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1\nBatchNorm", "3\nBatchNorm"]
+
+
+def test_channels_max_layers_one_is_the_shallowest(two_bn_run):
+    fig = normviz.plot(two_bn_run, "channels", max_layers=1)
+    assert {g.split(":")[2] for g in gids(fig, "channels:")} == {"1"}
+    assert analysis.select_names(["a", "b", "c"], None, 1) == ["a"]
+
+
+def test_channels_thinned_evenly_with_true_channel_numbers(two_bn_run):
+    run = two_bn_run
+    index = [int(i) for i in run.channel_index("1", "input")]
+    assert len(index) == 12
+    fig = normviz.plot(run, "channels", layers="1", max_channels=4)
+    last = run.steps[len(run.steps) - 1]
+    line = by_gid(fig, f"channels:{run.label}:1:input:{last}", Line2D)
+    x = line.get_xdata()
+    np.testing.assert_allclose(np.diff(x), np.diff(x)[0])  # equal spacing
+    ax = line.axes
+    keep = analysis.pick_rows(12, 4)
+    want = [str(index[k]) for k in keep]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == want  # the true channel numbers, not the stored positions
+    assert ax.get_xlabel() == "channel (4 of 32)"
+    mean = run.stat("channel_mean", "1", "input")[len(run.steps) - 1][keep]
+    np.testing.assert_allclose(line.get_ydata(), mean, rtol=1e-6)
+
+
+def test_channels_output_is_after_affine_with_beta_gamma_reference(two_bn_run):
+    run = two_bn_run
+    fig = normviz.plot(run, "channels")
+    titles = [ax.get_title(loc="right") for ax in fig.axes]
+    assert "output (after γ/β)" in titles
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "groups out (after γ/β)" in legend and "0 / 1 (before γ/β)" in legend
+    last = len(run.steps) - 1
+    used = analysis.forward_row(run.steps, last)
+    beta = run.module_stat("bias", "3")[used]
+    gamma = run.module_stat("weight", "3")[used]
+    np.testing.assert_allclose(by_gid(fig, "reference:group_mean:3\nBatchNorm").get_ydata(), beta, rtol=1e-6)
+    np.testing.assert_allclose(by_gid(fig, "reference:group_scale:3\nBatchNorm").get_ydata(), np.abs(gamma),
+                               rtol=1e-6)
+    # BatchNorm's output group means are the channels' β (training-mode batch statistics).
+    q = run.stat("group_mean", "3", "output")[last]
+    assert np.ptp(q) == pytest.approx(np.ptp(beta), abs=1e-4)
+
+
+@pytest.mark.parametrize("style", ["paper", "paper-wide", "slides", "notebook"])
+def test_covariate_shift_legend_fits_the_figure(tmp_path_factory, style):
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from torch import nn
+
+    from normviz.testing import record_run
+
+    key = "long_names"
+    if key not in _LONG:
+        block = nn.Sequential()
+        for i in range(5):
+            block.add_module(f"encoder_stage{i}_conv", nn.Linear(4, 4))
+            block.add_module(f"encoder_stage{i}_batchnorm", nn.BatchNorm1d(4))
+        _LONG[key] = record_run(tmp_path_factory.mktemp("long") / "long.h5", block,
+                                lambda g: torch.randn(8, 4, generator=g), steps=3)
+    fig = normviz.plot(_LONG[key], "covariate-shift", style=style)
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert len(fig.legends[0].get_texts()) >= 5
+    assert box.x0 >= -0.5 and box.x1 <= fig.bbox.width + 0.5
+
+
+_LONG: dict[str, object] = {}
+
+
+def test_gradient_flow_heatmap_ticks_fit_short_panels(contract_runs, kind_runs):
+    from normviz.default_plugins.gradient_flow import layer_tick_rows
+
+    assert layer_tick_rows(13, 30.0, 8.0) == [0, 5, 10]  # 13 rows of 2.3 pt: a label every 5 rows
+    assert layer_tick_rows(4, 200.0, 8.0) == [0, 1, 2, 3]
+    runs = [kind_runs[k] for k in ("batch", "layer", "instance", "group", "rms", "none")] * 2
+    fig = normviz.plot(runs, "gradient-flow", style="paper")
+    heat = [ax for ax in fig.axes if ax.get_title(loc="left").endswith("per-layer gradient norm")]
+    assert len(heat) == 12
+    height = fig.get_figheight() * 72.0
+    for ax in heat:
+        ticks = ax.get_yticks()
+        size = ax.get_yticklabels()[0].get_fontsize()
+        rows = ax.get_ylim()[0] - ax.get_ylim()[1]
+        pt_per_row = ax.get_position().height * height / rows
+        if len(ticks) > 1:
+            assert np.min(np.diff(ticks)) * pt_per_row >= size  # labels do not overlap
