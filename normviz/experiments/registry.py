@@ -256,3 +256,7 @@ def iter_runs(names: list[str], kinds: list[str] | None) -> Iterator[tuple[Exper
         for kind in exp.kinds:
             if kinds is None or kind in kinds:
                 yield exp, kind
+
+
+from normviz.experiments.papers import PAPER_EXPERIMENTS  # noqa: E402  (the paper reproductions: named, not default)
+EXPERIMENTS.update(PAPER_EXPERIMENTS)
