@@ -77,13 +77,11 @@ def _seed_mlp(kind: str, gen: torch.Generator, device: torch.device) -> Setup:
     return Setup(model, opt, step, _identity_slots(model, -1))
 
 
-def _seed_cnn(kind: str, gen: torch.Generator, device: torch.device) -> Setup:
-    x, y = models.image_classification_data(512, gen, num_classes=4, size=8)
-    x = x + 1.5 * torch.randn(x.shape, generator=gen)  # noisier than the templates alone: a task that takes 100 steps
-    x, y = x.to(device), y.to(device)
-    model = models.seed_cnn(kind, num_classes=4).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    batch = 64
+def _minibatch_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, batch: int
+) -> tuple[torch.optim.Optimizer, StepFn]:
+    """SGD with momentum over consecutive minibatches of (x, y), cross-entropy."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> torch.Tensor:
         lo = (i * batch) % x.shape[0]
@@ -93,25 +91,22 @@ def _seed_cnn(kind: str, gen: torch.Generator, device: torch.device) -> Setup:
         opt.step()
         return loss
 
+    return opt, step
+
+
+def _seed_cnn(kind: str, gen: torch.Generator, device: torch.device) -> Setup:
+    x, y = models.image_classification_data(512, gen, num_classes=4, size=8)
+    x = x + 1.5 * torch.randn(x.shape, generator=gen)  # noisier than the templates alone: a task that takes 100 steps
+    model = models.seed_cnn(kind, num_classes=4).to(device)
+    opt, step = _minibatch_classifier(model, x.to(device), y.to(device), lr=0.05, batch=64)
     return Setup(model, opt, step, _identity_slots(model, 1))
 
 
 # -- deeper models --------------------------------------------------------------------------------
 def _resnet8(kind: str, gen: torch.Generator, device: torch.device) -> Setup:
     x, y = models.image_classification_data(1024, gen, num_classes=10, size=32)
-    x, y = x.to(device), y.to(device)
     model = models.resnet8(kind, num_classes=10).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    batch = 64
-
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> torch.Tensor:
-        lo = (i * batch) % x.shape[0]
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x[lo : lo + batch]), y[lo : lo + batch])
-        loss.backward()
-        opt.step()
-        return loss
-
+    opt, step = _minibatch_classifier(model, x.to(device), y.to(device), lr=0.05, batch=64)
     return Setup(model, opt, step, _identity_slots(model, 1))
 
 
