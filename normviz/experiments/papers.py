@@ -6,26 +6,32 @@ Each experiment is small and quick on a CPU by default and grows with its option
 (``normviz.open(path)``), so the tests, ``benchmarks/papers_report.py`` and the
 gallery read the same numbers a user's ``normviz record --experiment NAME`` file holds.
 
-================  =====================  ==========================================================
-experiment        kinds                  what one run holds
-================  =====================  ==========================================================
-label-smoothing   none                   three copies of one classifier (same init, same batches):
-                                         plain CE (``ce.*``), the seed's smoothing ε/(K−1)
-                                         (``seed.*``), ``nn.CrossEntropyLoss(label_smoothing=ε)``
-                                         ε/K (``torch.*``)
-seed-bn-ln        batch, layer, none     the seed's MLP, its data and its training (SGD 1e-3)
-ioffe-fig1        batch, none            3×100 sigmoid MLP, binary MNIST-like data; per-unit
-                                         15/50/85th percentiles of ``norm3`` (the last sigmoid's
-                                         input); scalar ``test_acc``
-xiong-ln          layer                  Pre-LN (``pre.*``) and Post-LN (``post.*``) transformers
-                                         with the same weights, at initialization (lr 0)
-wu-he-batch       none, batch, group     VGG-style CNN; every forward also runs probe batches of
-                                         16/8/4/2 (calls 1–4 of each layer; no gradient, running
-                                         statistics frozen) beside the training batch of 32 (call 0)
-santurkar-ics     batch, none            25×10 deep linear network; scalars ``ics_l2/…``,
-                                         ``ics_rel/…``, ``ics_cos/…`` every 100 steps
-santurkar-ics-vgg batch, none            VGG-style CNN; the same ICS scalars every 25 steps
-================  =====================  ==========================================================
+==================  ==================  ======================================================
+experiment          kinds               what one run holds
+==================  ==================  ======================================================
+label-smoothing     none                three copies of one classifier (same init, same
+                                        batches): plain CE (``copies.ce.*``), the seed's
+                                        smoothing ε/(K−1) (``copies.seed.*``),
+                                        ``nn.CrossEntropyLoss(label_smoothing=ε)``, ε/K
+                                        (``copies.torch.*``); scalars ``loss_<copy>``,
+                                        ``test_acc_<copy>``
+seed-bn-ln          batch, layer, none  the seed's MLP, its data and its training (SGD 1e-3)
+ioffe-fig1          batch, none         3×100 sigmoid MLP, binary MNIST-like data; per-unit
+                                        percentiles of ``norm3``'s output (the last sigmoid's
+                                        input); scalar ``test_acc``. Turns on
+                                        ``torch.set_flush_denormal(True)`` for the process
+xiong-ln            layer               Pre-LN (``pre.*``) and Post-LN (``post.*``)
+                                        transformers with the same weights, at
+                                        initialization (lr 0); scalars ``loss_pre``,
+                                        ``loss_post``
+wu-he-batch         none, batch, group  VGG-style CNN (``net.*``); every forward also runs
+                                        probe batches of 16/8/4/2 (calls 1–4 of each layer;
+                                        no gradient, running statistics untouched) beside
+                                        the training batch of 32 (call 0); ``test_acc``
+santurkar-ics       batch, none         25×10 deep linear network; scalars ``ics_l2/<layer>``,
+                                        ``ics_rel/<layer>``, ``ics_cos/<layer>`` every 100 steps
+santurkar-ics-vgg   batch, none         VGG-style CNN; the same ICS scalars every 25 steps
+==================  ==================  ======================================================
 
 Variants that share a norm kind (the three losses, Pre- vs Post-LN) are trained side by
 side in one model, under one run: the loss that is minimised is their sum, which leaves
@@ -77,6 +83,10 @@ def emit(model: nn.Module, **scalars: Any) -> None:
     nothing else, so a step that has more to say hands it to the :class:`~normviz.Recorder`
     attached to ``model``: the scalars join the keyword arguments of its next ``step()``.
     Without a recorder (a step run by hand) this does nothing.
+
+    A stop-gap: the recorder is found through the root forward pre-hook it installs, and
+    its ``step`` is wrapped once. Once ``run_experiment`` passes on scalars a step returns,
+    the steps here should return them instead.
     """
     recorder = None
     for hook in model._forward_pre_hooks.values():
