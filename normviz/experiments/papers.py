@@ -521,7 +521,7 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
         ("batch", "layer", "none"), 100, _seed_bn_ln, {},
     ),
     "ioffe-fig1": (
-        "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP, binary MNIST-like data, 15/50/85th pct of a last-layer sigmoid input",
+        "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP +- BN, per-unit percentiles of the last sigmoid input (try --every 10)",
         ("batch", "none"), 2000, _ioffe, {"channel_percentiles": ["norm3"]},
     ),
     "xiong-ln": (
@@ -533,7 +533,7 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
         ("none", "batch", "group"), 300, _wu_he, {},
     ),
     "santurkar-ics": (
-        "Santurkar et al. 2018: gradient-based ICS of a 25x10 deep linear network, with and without BN",
+        "Santurkar et al. 2018: gradient-based ICS of a 25x10 deep linear network +- BN (try --every 10)",
         ("batch", "none"), 1000, _santurkar_dln, {},
     ),
     "santurkar-ics-vgg": (

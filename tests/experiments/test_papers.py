@@ -62,6 +62,24 @@ def test_registered_as_named_experiments_not_defaults():
         papers.paper_experiment("nope")
 
 
+def test_cli_records_the_paper_experiments_with_their_scalars(tmp_path, monkeypatch, capsys):
+    from normviz.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["record", "--experiment", "label-smoothing,ioffe-fig1", "--steps", "3", "--out", "runs", "-q"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names == ["ioffe-fig1-batch.h5", "ioffe-fig1-none.h5", "label-smoothing-none.h5"]
+    with normviz.open(tmp_path / "runs" / "label-smoothing-none.h5") as run:
+        assert run.experiment == "label-smoothing" and run.norm_kind == "none"
+        assert {"loss", "loss_ce", "loss_seed", "loss_torch", "test_acc_ce"} <= set(run.scalar_names)
+        assert np.isfinite(run.scalar("loss_seed")).all()
+    with normviz.open(tmp_path / "runs" / "ioffe-fig1-none.h5") as run:
+        assert np.isfinite(run.scalar("test_acc")[0])
+        assert run.stat("channel_percentiles", "norm3", "output").shape[0] == 3
+
+
 def test_spearman():
     assert papers.spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
     assert papers.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
