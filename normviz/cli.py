@@ -96,9 +96,10 @@ def record(
     from normviz.experiments.registry import iter_runs, run_experiment
 
     if list_:
+        width = max(len(name) for name in EXPERIMENTS) + 2
         for exp in EXPERIMENTS.values():
             default = " (default)" if exp.name in DEFAULT_EXPERIMENTS else ""
-            click.echo(f"{exp.name:<14} {','.join(exp.kinds):<40} {exp.description}{default}")
+            click.echo(f"{exp.name:<{width}}{','.join(exp.kinds):<40} {exp.description}{default}")
         return
     if script is not None:
         _record_script(Path(script), list(script_args), out, every=every, steps=steps, seed=seed, overwrite=overwrite)

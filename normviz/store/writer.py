@@ -43,22 +43,20 @@ class RecordingError(RuntimeError):
     """Writing the run file failed and the recorder was asked to stop the training."""
 
 
-def _chunks(width: int | None, itemsize: int) -> tuple[int, ...]:
-    """Chunk shape of a dataset: ~256 KiB of whole rows; wide datasets split into column blocks.
+def _chunks(width: int | None, itemsize: int, rows: int) -> tuple[int, ...]:
+    """Chunk shape of a per-step dataset: *rows* (one flush) by the full width, or by blocks
+    of :data:`_COLUMN_BLOCK` columns for wide datasets.
 
-    The number of rows per chunk depends on the full row width only, so the
-    rows a flush appends touch the same share of each chunk (the same amount
-    of recompression) whether or not the columns are split. A dataset wider
-    than :data:`_COLUMN_BLOCK` columns (e.g. every site's per-channel means side
-    by side) is cut into blocks of that many columns, so that reading one
-    site's columns over a long run decompresses its block, not every column.
+    One flush fills whole chunks, so a compressed chunk is written once and never
+    rewritten: HDF5 does not reuse the space of a rewritten compressed chunk that grew,
+    and chunks rewritten at every flush made files many times larger than their data.
+    Wide datasets (every site's per-channel means side by side) are cut into column
+    blocks, so that reading one site's columns over a long run decompresses its block only.
     """
     if width is None:
         return (4096,)
     row_bytes = max(width * itemsize, 1)
-    if row_bytes > _CHUNK_BYTES * 4:
-        return (1, max(1, (_CHUNK_BYTES * 4) // itemsize))
-    rows = int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
+    rows = max(1, min(rows, (_CHUNK_BYTES * 4) // row_bytes)) if width <= 2 * _COLUMN_BLOCK else max(1, rows)
     if width > 2 * _COLUMN_BLOCK:
         return (rows, _COLUMN_BLOCK)
     return (rows, max(width, 1))
@@ -109,6 +107,7 @@ class RunWriter:
         self._last_flush = time.monotonic()
         self._last_step = -1
         self._steps_seen = 0
+        self._written = 0
         self._closed = False
 
     # -- training-thread side -------------------------------------------------------------
@@ -229,7 +228,11 @@ class RunWriter:
                 self._file.close()
                 self._file = None
             return
-        due = len(self._rows) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_secs
+        # Flush when the rows written fill whole chunks (so, after a timed flush of a partial
+        # block, the next ones realign on chunk boundaries), or when flush_secs have passed.
+        due = (
+            bool(self._rows) and (self._written + len(self._rows)) % self.flush_every == 0
+        ) or time.monotonic() - self._last_flush >= self.flush_secs
         if self._file is not None and due and (self._rows or self._scalar_rows):
             self._flush(clean=False)
 
@@ -245,14 +248,16 @@ class RunWriter:
             self._create_rows(f, schema.STEP, None, np.int64)
             self._create_rows(f, schema.WALL_TIME, None, np.float64)
             self._create_rows(f, schema.SCALAR_STEP, None, np.int64)
-            self._create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan)
+            # Scalars arrive every training step, in blocks of any size: uncompressed chunks
+            # are rewritten in place (512 bytes a step).
+            self._create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan, rows=256, compress=False)
             f.create_dataset(
                 schema.SCALAR_NAMES, shape=(schema.SCALAR_CAPACITY,), dtype=f"S{schema.SCALAR_NAME_BYTES}"
             )
             edges = _as_numpy(hist_edges).astype(np.float32).reshape(len(layout.sites), layout.hist_bins + 1)
             f.create_dataset(schema.HIST_EDGES, data=edges, track_times=False)
             for st in layout.stats:
-                ds = self._create_rows(f, f"{st.group}/{st.name}", st.width, _DTYPES[st.dtype])
+                ds = self._create_rows(f, f"{st.group}/{st.name}", st.width, _DTYPES[st.dtype], rows=self.flush_every)
                 for key, value in st.attrs.items():
                     ds.attrs[key] = value
             f.swmr_mode = True
@@ -267,16 +272,19 @@ class RunWriter:
         self._file = f
 
     @staticmethod
-    def _create_rows(f: h5py.File, name: str, width: int | None, dtype: Any, fill: float | None = None) -> h5py.Dataset:
+    def _create_rows(
+        f: h5py.File, name: str, width: int | None, dtype: Any, fill: float | None = None, *, rows: int = 1,
+        compress: bool = True,
+    ) -> h5py.Dataset:
         shape = (0,) if width is None else (0, width)
         maxshape = (None,) if width is None else (None, width)
-        kwargs = dict(_FILTERS) if width else {}
+        kwargs = dict(_FILTERS) if width and compress else {}
         return f.create_dataset(
             name,
             shape=shape,
             maxshape=maxshape,
             dtype=dtype,
-            chunks=_chunks(width, np.dtype(dtype).itemsize),
+            chunks=_chunks(width, np.dtype(dtype).itemsize, rows),
             fillvalue=fill,
             track_times=False,
             **kwargs,
@@ -301,6 +309,7 @@ class RunWriter:
         if self._rows:
             # The commit marker goes last: readers trust len(/steps/step).
             _append(f[schema.STEP], np.array([r[0] for r in self._rows], dtype=np.int64))
+            self._written += len(self._rows)
             self._rows.clear()
         f[schema.STATUS][:] = np.array([1 if clean else 0, self._last_step, self._steps_seen], dtype=np.int64)
         f.flush()

@@ -55,9 +55,8 @@ def test_rows_are_checked(run_path) -> None:
             run.stat("mean", "1", "input", rows=[0], steps=slice(0, 1))
 
 
-def test_wide_datasets_split_columns_keep_rows() -> None:
-    narrow = writer._chunks(100, 4)
-    assert narrow == (655, 100)
-    rows_wide = writer._CHUNK_BYTES // (4800 * 4)
-    assert writer._chunks(4800, 4) == (rows_wide, writer._COLUMN_BLOCK)
-    assert writer._chunks(None, 8) == (4096,)
+def test_chunks_hold_one_flush_and_wide_datasets_split_columns() -> None:
+    # one flush of rows fills whole chunks: a compressed chunk is written once
+    assert writer._chunks(100, 4, 10) == (10, 100)
+    assert writer._chunks(4800, 4, 10) == (10, writer._COLUMN_BLOCK)
+    assert writer._chunks(None, 8, 10) == (4096,)

@@ -71,3 +71,22 @@ def test_on_error_raise_stops_training(tmp_path, failing_append):
 def test_unwritable_folder_is_a_clear_error(tmp_path):
     with pytest.raises(normviz.errors.NormvizError, match="does not exist"):
         normviz.Recorder(nn.Linear(2, 2), tmp_path / "missing" / "r.h5")
+
+
+def test_file_size_stays_close_to_its_data(tmp_path):
+    """Chunks are written once per flush: no space lost to rewritten compressed chunks."""
+    import h5py
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64), nn.LayerNorm(64))
+    path = tmp_path / "size.h5"
+    with normviz.Recorder(model, path, flush_every=10, flush_secs=0.01) as rec:
+        for _ in range(200):
+            model(torch.randn(32, 16)).sum().backward()
+            rec.step(loss=1.0)
+    sizes = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: sizes.append(obj.id.get_storage_size()) if isinstance(obj, h5py.Dataset) else None)
+    stored = sum(sizes)
+    print(f"file {path.stat().st_size} bytes, datasets {stored} bytes")
+    assert path.stat().st_size < 2.5 * stored + 200_000, (path.stat().st_size, stored)
