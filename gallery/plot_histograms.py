@@ -18,41 +18,18 @@ constant across samples (the horizontal streaks).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
+from _gallery import draw_experiment, quick
 
-import normviz
-from normviz.experiments.registry import EXPERIMENTS, run_experiment
-from normviz.plot.save import save_figure
-from normviz.plot.style import style_context
-
-QUICK = os.environ.get("NORMVIZ_GALLERY_QUICK") == "1"  # a few steps only, for CI
-OUT = Path(os.environ.get("NORMVIZ_GALLERY_OUT") or Path(__file__).resolve().parent / "images")
 STYLE, DPI = "paper-wide", 150
 KINDS = ("batch", "layer", "none")
 
 
 def main() -> Path:
-    # Small models train fastest on one thread, and the numbers do not depend on the core count.
-    torch.set_num_threads(1)
-    experiment = EXPERIMENTS["deep-mlp"]
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for kind in KINDS:
-            path = Path(tmp) / f"deep-mlp-{kind}.h5"
-            run_experiment(experiment, kind, path, steps=6 if QUICK else None, seed=0, device="cpu")
-            runs.append(normviz.open(path))
-        deepest = runs[0].norm_layers[-1].name  # the same slot in every run (kind "none": nn.Identity)
-        fig = normviz.plot(runs, "histograms", style=STYLE, layers=deepest)
-        with style_context(STYLE):
-            out = save_figure(fig, OUT / f"{Path(__file__).stem}.png", "png", dpi=DPI)
-        for run in runs:
-            run.close()
-    print(out)
-    return out
+    # the deepest norm slot, the same in every run (kind "none": nn.Identity)
+    return draw_experiment(__file__, "deep-mlp", KINDS, "histograms", style=STYLE, dpi=DPI,
+                           steps=6 if quick() else None, options=lambda runs: {"layers": runs[0].norm_layers[-1].name})
 
 
 if __name__ == "__main__":

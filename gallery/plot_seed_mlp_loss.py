@@ -12,39 +12,18 @@ once with no norm (``nn.Identity`` in its place), all from the same seed. The
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
+from _gallery import draw_experiment, quick
 
-import normviz
-from normviz.experiments.registry import EXPERIMENTS, run_experiment
-from normviz.plot.save import save_figure
-from normviz.plot.style import style_context
+from normviz.experiments.registry import EXPERIMENTS
 
-QUICK = os.environ.get("NORMVIZ_GALLERY_QUICK") == "1"  # a few steps only, for CI
-OUT = Path(os.environ.get("NORMVIZ_GALLERY_OUT") or Path(__file__).resolve().parent / "images")
 STYLE, DPI = "paper", 250
 
 
 def main() -> Path:
-    # Tiny models train fastest on one thread, and the numbers do not depend on the core count.
-    torch.set_num_threads(1)
-    experiment = EXPERIMENTS["seed-mlp"]
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for kind in experiment.kinds:  # batch, layer, group, rms, none
-            path = Path(tmp) / f"seed-mlp-{kind}.h5"
-            run_experiment(experiment, kind, path, steps=10 if QUICK else None, seed=0, device="cpu")
-            runs.append(normviz.open(path))
-        fig = normviz.plot(runs, "loss", style=STYLE)
-        with style_context(STYLE):
-            out = save_figure(fig, OUT / f"{Path(__file__).stem}.png", "png", dpi=DPI)
-        for run in runs:
-            run.close()
-    print(out)
-    return out
+    kinds = EXPERIMENTS["seed-mlp"].kinds  # batch, layer, group, rms, none
+    return draw_experiment(__file__, "seed-mlp", kinds, "loss", style=STYLE, dpi=DPI, steps=10 if quick() else None)
 
 
 if __name__ == "__main__":

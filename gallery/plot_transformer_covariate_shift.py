@@ -19,40 +19,20 @@ output, held near unit scale.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
+from _gallery import draw_experiment, quick
 
-import normviz
-from normviz.experiments.registry import EXPERIMENTS, run_experiment
-from normviz.plot.save import save_figure
-from normviz.plot.style import style_context
+from normviz.experiments.registry import EXPERIMENTS
 
-QUICK = os.environ.get("NORMVIZ_GALLERY_QUICK") == "1"  # a few steps only, for CI
-OUT = Path(os.environ.get("NORMVIZ_GALLERY_OUT") or Path(__file__).resolve().parent / "images")
 STYLE, DPI = "paper-wide", 150
 
 
 def main() -> Path:
-    # Small models train fastest on one thread, and the numbers do not depend on the core count.
-    torch.set_num_threads(1)
-    experiment = EXPERIMENTS["transformer"]
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for kind in experiment.kinds:  # layer, rms, none
-            path = Path(tmp) / f"transformer-{kind}.h5"
-            run_experiment(experiment, kind, path, steps=6 if QUICK else None, every=1 if QUICK else 2,
-                           seed=0, device="cpu")
-            runs.append(normviz.open(path))
-        fig = normviz.plot(runs, "covariate-shift", style=STYLE, layers="blocks.*.norm1")
-        with style_context(STYLE):
-            out = save_figure(fig, OUT / f"{Path(__file__).stem}.png", "png", dpi=DPI)
-        for run in runs:
-            run.close()
-    print(out)
-    return out
+    kinds = EXPERIMENTS["transformer"].kinds  # layer, rms, none
+    return draw_experiment(__file__, "transformer", kinds, "covariate-shift", style=STYLE, dpi=DPI,
+                           steps=6 if quick() else None, every=1 if quick() else 2,
+                           options={"layers": "blocks.*.norm1"})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""What the gallery scripts share: their settings, recording built-in runs, saving the figure.
+
+Each script still runs on its own (`python gallery/plot_x.py`): its folder is on
+``sys.path`` then, and ``make_all.py`` puts it there too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import normviz
+from normviz.experiments.registry import EXPERIMENTS, run_experiment
+from normviz.plot.save import save_figure
+from normviz.plot.style import style_context
+
+
+def quick() -> bool:
+    """``NORMVIZ_GALLERY_QUICK=1``: a few steps only, for CI."""
+    return os.environ.get("NORMVIZ_GALLERY_QUICK") == "1"
+
+
+def out_dir() -> Path:
+    """``NORMVIZ_GALLERY_OUT``, default ``gallery/images/``."""
+    return Path(os.environ.get("NORMVIZ_GALLERY_OUT") or Path(__file__).resolve().parent / "images")
+
+
+def draw_experiment(
+    script: str,
+    experiment: str,
+    kinds: Sequence[str],
+    renderer: str,
+    *,
+    style: str,
+    dpi: int,
+    steps: int | None,
+    every: int = 1,
+    options: Callable[[list[Any]], dict[str, Any]] | dict[str, Any] | None = None,
+) -> Path:
+    """Record *experiment* once per norm kind (seed 0, CPU), draw *renderer*, write ``<script stem>.png``.
+
+    *options* are the renderer's options, or a function of the opened runs giving them.
+    """
+    # Small models train fastest on one thread, and the numbers do not depend on the core count.
+    torch.set_num_threads(1)
+    exp = EXPERIMENTS[experiment]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for kind in kinds:
+            path = Path(tmp) / f"{experiment}-{kind}.h5"
+            run_experiment(exp, kind, path, steps=steps, every=every, seed=0, device="cpu")
+            runs.append(normviz.open(path))
+        extra = options(runs) if callable(options) else dict(options or {})
+        fig = normviz.plot(runs, renderer, style=style, **extra)
+        with style_context(style):
+            out = save_figure(fig, out_dir() / f"{Path(script).stem}.png", "png", dpi=dpi)
+        for run in runs:
+            run.close()
+    print(out)
+    return out
