@@ -41,6 +41,7 @@ import numpy as np
 
 from normviz.distributed import split_rank
 from normviz.errors import MissingDataError, RunFileError
+from normviz.store.reader import RunMetadata
 
 __all__ = ["MergedRun", "RankSpread", "global_statistics", "merge_ranks", "rank_spread"]
 
@@ -120,7 +121,7 @@ def pool_moments(
     return total, m, v
 
 
-class MergedRun:
+class MergedRun(RunMetadata):
     """The rank files of one multi-rank run, read as one run of the global batch.
 
     Answers the :class:`~normviz.store.reader.Run` API (see the module docs for
@@ -185,18 +186,6 @@ class MergedRun:
         ]).astype(np.float64)
 
     # -- metadata ----------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return str(self.meta.get("label") or self.path.stem)
-
-    @property
-    def experiment(self) -> str | None:
-        return self.meta.get("experiment")
-
-    @property
-    def norm_kind(self) -> str:
-        return str(self.meta.get("norm_kind") or "none")
-
     @property
     def rank(self) -> None:
         return None

@@ -97,7 +97,26 @@ def _open_h5(path: Path) -> h5py.File:
     raise RunFileError(f"{path}: damaged HDF5 file that cannot be opened ({first}; {second})")
 
 
-class Run:
+class RunMetadata:
+    """Label, experiment and norm kind from a run's ``meta`` (shared by merged runs)."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return str(self.meta.get("label") or self.path.stem)
+
+    @property
+    def experiment(self) -> str | None:
+        return self.meta.get("experiment")
+
+    @property
+    def norm_kind(self) -> str:
+        return str(self.meta.get("norm_kind") or "none")
+
+
+class Run(RunMetadata):
     """A recorded run, read lazily from its file.
 
     Attributes
@@ -190,18 +209,6 @@ class Run:
         self._scalar_cols = {name: i for i, name in enumerate(names) if name}
 
     # -- metadata ----------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return str(self.meta.get("label") or self.path.stem)
-
-    @property
-    def experiment(self) -> str | None:
-        return self.meta.get("experiment")
-
-    @property
-    def norm_kind(self) -> str:
-        return str(self.meta.get("norm_kind") or "none")
-
     @property
     def rank(self) -> int:
         return int(self.meta.get("rank", 0))
