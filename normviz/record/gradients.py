@@ -22,11 +22,25 @@ if TYPE_CHECKING:
 
 
 def _norms(tensors: list[torch.Tensor], order: float) -> torch.Tensor:
-    """Per-tensor vector norms in float32, batched with ``_foreach_norm`` where it exists."""
+    """Per-tensor vector norms in float32, batched with ``_foreach_norm`` where it exists.
+
+    Only the L2 norm goes through here: on CPU ``_foreach_norm`` is fast for it and 5-15x
+    slower than ``abs().sum()`` / ``abs().amax()`` for the L1 and max norms.
+    """
     try:
         return torch.stack(torch._foreach_norm(tensors, order, dtype=torch.float32))
     except (AttributeError, RuntimeError, TypeError):
         return torch.stack([torch.linalg.vector_norm(t, order, dtype=torch.float32) for t in tensors])
+
+
+def _abs_sum_max(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor sum and max of absolute values, float32 (one abs pass, two reductions each)."""
+    sums, maxes = [], []
+    for t in tensors:
+        a = t.abs()
+        sums.append(a.sum(dtype=torch.float32))
+        maxes.append(a.amax().float())
+    return torch.stack(sums), torch.stack(maxes)
 
 
 def _has_closure(args: Any, kwargs: Any) -> bool:
@@ -59,6 +73,10 @@ class GradientTracker:
         self._index = {n: i for i, n in enumerate(self._names)}
         self._result: dict[str, torch.Tensor] = {}
         self._snapshot: list[torch.Tensor] | None = None
+        # The weights before the optimizer step, for the update ratio: buffers kept across
+        # steps, because allocating a copy of every parameter each recorded step costs
+        # 10x the copy itself on CPU (fresh pages); see docs/recording.md.
+        self._buffers: list[torch.Tensor] | None = None
         self._closure = False
         self._weight_norm: torch.Tensor | None = None
         self.last_lr: Any = None
@@ -109,7 +127,7 @@ class GradientTracker:
             if not self._closure:
                 self._compute()
             with torch.no_grad():
-                self._snapshot = torch._foreach_mul([p.detach() for p in self._params], 1.0)
+                self._snapshot = self._copy_weights()
                 if self._closure:  # the gradients do not exist yet: the closure computes them
                     w_sq = _norms([p.detach() for p in self._params], 2.0).square()
                     device = self._params[0].device
@@ -132,7 +150,8 @@ class GradientTracker:
                 self._weight_norm = weight_norm
                 self._result["weight_norm"] = weight_norm
             with torch.no_grad():
-                deltas = torch._foreach_sub([p.detach() for p in self._params], self._snapshot)
+                deltas = self._snapshot
+                torch._foreach_sub_(deltas, [p.detach() for p in self._params])  # old - new, in place
                 sq = _norms(deltas, 2.0).square()
                 layer_sq = torch.zeros(self.n_layers, device=sq.device).index_add_(0, self._owner_t(sq.device), sq)
                 self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
@@ -141,6 +160,17 @@ class GradientTracker:
             return None
         return None
 
+    def _copy_weights(self) -> list[torch.Tensor]:
+        """The parameters' current values, copied into the kept buffers."""
+        weights = [p.detach() for p in self._params]
+        buffers = self._buffers
+        if buffers is None or any(
+            b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(buffers, weights)
+        ):
+            buffers = self._buffers = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        torch._foreach_copy_(buffers, weights)
+        return buffers
+
     def _owner_t(self, device: torch.device) -> torch.Tensor:
         cache = getattr(self, "_owner_cache", None)
         if cache is None or cache.device != device:
@@ -148,14 +178,18 @@ class GradientTracker:
             self._owner_cache = cache
         return cache
 
-    def _present_index(self, present: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Owner layer and element count of the parameters that have a gradient (cached)."""
+    def _present_index(self, present: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """For the parameters that have a gradient (cached per set): their owner layer, and per
+        layer whether any has a gradient and how many gradient values it has."""
         key = (present, device)
         cached = self._present_cache.get(key)
         if cached is None:
             owner = torch.tensor([self._owner[i] for i in present], device=device, dtype=torch.long)
             numel = torch.tensor([float(self._params[i].numel()) for i in present], device=device)
-            cached = self._present_cache[key] = (owner, numel)
+            zeros = torch.zeros(self.n_layers, device=device)
+            have = zeros.index_add(0, owner, torch.ones_like(numel)) > 0
+            count = zeros.index_add(0, owner, numel).clamp_min(1.0)
+            cached = self._present_cache[key] = (owner, have, count)
         return cached
 
     def _compute(self) -> None:
@@ -171,16 +205,12 @@ class GradientTracker:
             if not present:
                 return
             grads = [self._params[i].grad.detach() for i in present]  # type: ignore[union-attr]
-            sub_owner, numel = self._present_index(tuple(present), device)
+            sub_owner, have, count = self._present_index(tuple(present), device)
             l2 = _norms(grads, 2.0).square()
-            l1 = _norms(grads, 1.0)
-            linf = _norms(grads, math.inf)
+            l1, linf = _abs_sum_max(grads)
             zeros = torch.zeros(self.n_layers, device=device)
-            have = zeros.index_add(0, sub_owner, torch.ones_like(l1))
             nan = torch.full_like(zeros, math.nan)
-            self._result["grad_norm"] = torch.where(have > 0, zeros.index_add(0, sub_owner, l2).sqrt(), nan)
-            abs_sum = zeros.index_add(0, sub_owner, l1)
-            count = zeros.index_add(0, sub_owner, numel)
-            self._result["grad_abs_mean"] = torch.where(have > 0, abs_sum / count.clamp_min(1.0), nan)
+            self._result["grad_norm"] = torch.where(have, zeros.index_add(0, sub_owner, l2).sqrt(), nan)
+            self._result["grad_abs_mean"] = torch.where(have, zeros.index_add(0, sub_owner, l1) / count, nan)
             amax = zeros.scatter_reduce(0, sub_owner, linf, reduce="amax", include_self=False)
-            self._result["grad_abs_max"] = torch.where(have > 0, amax, nan)
+            self._result["grad_abs_max"] = torch.where(have, amax, nan)
