@@ -28,7 +28,7 @@ from torch import nn
 from normviz.datatypes import NormSpec, Site, Statistic
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
-from normviz.record import core
+from normviz.record import core, finish
 from normviz.record import stats as S
 from normviz.record.gradients import GradientTracker
 from normviz.store import schema
@@ -226,6 +226,7 @@ class Recorder:
         self._writer: RunWriter | None = None
         self._pending_scalars: list[tuple[int, float, dict[str, Any]]] = []
         self._gens: dict[torch.device, torch.Generator] = {}
+        self._placeholders: dict[tuple[int, str, torch.device | None], torch.Tensor] = {}
         self._disabled_layers: set[str] = set()
         self._disabled_stats: set[str] = set()
         self._late_sites_warned = False
@@ -538,17 +539,21 @@ class Recorder:
         )
         self._root = self._root_attrs(layers)
 
-    def _open_writer(self) -> None:
-        """Create the file once the first row's histogram edges are known."""
+    def _open_writer(self, extrema: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Create the file; histogram edges come from the first recorded row's (min, max)."""
         assert self._layout is not None
-        edges = self._assembler.edges
-        if edges is None:
-            edges_arr = np.full((len(self._layout.sites), S.HIST_BINS + 1), np.nan, dtype=np.float32)
+        n_sites = len(self._layout.sites)
+        if extrema is None:
+            edges = np.full((n_sites, S.HIST_BINS + 1), np.nan, dtype=np.float32)
         else:
-            edges_arr = edges.float().cpu().numpy()
+            # The only host sync of a run: once, at the first recorded step.
+            edges = finish.first_edges(extrema[0].float().cpu().numpy(), extrema[1].float().cpu().numpy())
         flush_every, flush_secs, on_error = self._flush
-        self._writer = RunWriter(self.path, self._root, flush_every=flush_every, flush_secs=flush_secs, on_error=on_error)
-        self._writer.open(self._layout, edges_arr)
+        self._writer = RunWriter(
+            self.path, self._root, flush_every=flush_every, flush_secs=flush_secs, on_error=on_error,
+            finish=finish.RowFinisher(self._layout, edges),
+        )
+        self._writer.open(self._layout, edges)
 
     def _root_attrs(self, layers: list[LayerEntry]) -> dict[str, Any]:
         from normviz import __version__
@@ -597,15 +602,17 @@ class Recorder:
         layout = self._layout
         assert layout is not None
         site_keys = [e.key for e in layout.sites]
-        blocks = self._assembler.blocks([self._results.get(k, {}).get(_CORE) for k in site_keys]) if site_keys else {}
+        blocks = self._assembler.blocks([self._results.get(k, {}).get(_CORE) for k in site_keys]) if site_keys else None
         if self._writer is None:
-            self._open_writer()
+            self._open_writer((blocks.stats["min"], blocks.stats["max"]) if blocks is not None else None)
         assert self._writer is not None
         parts: dict[str, list[torch.Tensor]] = {"f4": [], "f8": []}
         device = self._assembler.device if site_keys else None
         for st in layout.stats:
-            if st.group == schema.ACT and st.name in blocks:
-                parts[st.vec].append(blocks[st.name])
+            if st.group == schema.ACT and blocks is not None and st.name in blocks.stats:
+                parts[st.vec].append(blocks.stats[st.name])
+            elif st.group == schema.ACT and st.name in core.HOST_FINISHED:
+                parts[st.vec].append(self._placeholder(st.width, st.vec, device))  # filled on the host
             elif st.group == schema.ACT:
                 for i, r in enumerate(st.rows):
                     t = self._results.get(site_keys[r], {}).get(st.name)
@@ -629,6 +636,8 @@ class Recorder:
                     parts["f4"].append(t)
             elif st.group == schema.GRAD:
                 parts["f4"].append(self._grads.result(st.name, device))
+        if blocks is not None:
+            parts["f4"].append(blocks.host)  # what the host finishes the row from
         vectors = {}
         target = device if device is not None else torch.device("cpu")
         for vec, items in parts.items():
@@ -636,8 +645,7 @@ class Recorder:
             if not items:
                 vectors[vec] = torch.zeros(0, dtype=dtype)
                 continue
-            flat = torch.cat([t.to(device=target, dtype=dtype) for t in items])
-            vectors[vec] = flat
+            vectors[vec] = torch.cat([t.to(device=target, dtype=dtype) for t in items])
         event = None
         if target.type == "cuda":
             host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in vectors.items()}
@@ -648,8 +656,16 @@ class Recorder:
             vectors = host
         else:
             vectors = {k: v.cpu() for k, v in vectors.items()}
-        self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event)
+        finish_args = (blocks.group_sizes, blocks.numel) if blocks is not None else ([], [])
+        self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args)
         self._send_scalars()
+
+    def _placeholder(self, width: int, vec: str, device: torch.device | None) -> torch.Tensor:
+        key = (width, vec, device)
+        t = self._placeholders.get(key)
+        if t is None:
+            t = self._placeholders[key] = self._nan_fill(width, vec, device)
+        return t
 
     def _nan_fill(self, width: int, vec: str, device: torch.device | None) -> torch.Tensor:
         dtype = torch.float32 if vec == "f4" else torch.float64

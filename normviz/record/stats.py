@@ -33,6 +33,20 @@ def reduce_dims(ndim: int, channel_dim: int) -> tuple[int, ...]:
     return tuple(d for d in range(ndim) if d != cd)
 
 
+def _channels_last_2d(x: torch.Tensor, channel_dim: int) -> torch.Tensor | None:
+    """*x* as a (values, channels) matrix when its channel dim is the last (a free view), else None.
+
+    Reducing dim 0 of that matrix is 5-10x faster on CPU than reducing all leading dims
+    of the original shape.
+    """
+    if x.dim() > 2 and channel_dim % x.dim() == x.dim() - 1:
+        try:
+            return x.view(-1, x.shape[-1])
+        except RuntimeError:  # not viewable (non-contiguous): reduce in the original shape
+            return None
+    return None
+
+
 def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and population variance of *x*, float32, exact to ~1e-6 relative.
 
@@ -42,6 +56,9 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     """
     if x.dim() == 0:
         x = x.reshape(1)
+    flat = _channels_last_2d(x, channel_dim)
+    if flat is not None:
+        x, channel_dim = flat, 1
     cd = channel_dim % x.dim()
     dims = reduce_dims(x.dim(), cd)
     index: list[int | slice] = [0] * x.dim()
@@ -55,12 +72,28 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     n = x.numel() // max(x.shape[cd], 1)
     if dims:
         s1 = d.sum(dims)
-        s2 = d.square().sum(dims)  # cheaper than linalg.vector_norm over dims on CPU
+        s2 = d.square_().sum(dims)  # d is our own temporary; cheaper than linalg.vector_norm on CPU
     else:
         s1, s2 = d, d.square()
     m = s1 / n
     var = (s2 / n - m.square()).clamp_min(0.0)
     return shift + m, var
+
+
+def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel minimum and maximum of *x*, float32 (NaN if the channel holds a NaN)."""
+    if x.dim() == 0:
+        x = x.reshape(1)
+    flat = _channels_last_2d(x, channel_dim)
+    if flat is not None:
+        x, channel_dim = flat, 1
+    cd = channel_dim % x.dim()
+    if x.dim() == 1:
+        v = x.float()
+        return v, v
+    # amin + amax: two passes, yet 10x faster on CPU than one torch.aminmax(dim=...)
+    dims = reduce_dims(x.dim(), cd)
+    return x.amin(dims).float(), x.amax(dims).float()
 
 
 def pooled_moments(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,10 @@ class RunWriter:
         ``"warn"``: a write failure (disk full, I/O error) warns once, stops
         recording and keeps what was published; training goes on. ``"raise"``:
         the next :meth:`check` raises :class:`RecordingError` in the training thread.
+    finish:
+        Called on the writer's thread as ``finish(f4, f8, *finish_args)`` with a queued
+        row's NumPy vectors; returns the row to store. The recorder computes what
+        needs sorting there (:mod:`normviz.record.finish`), off the training thread.
     """
 
     def __init__(
@@ -89,8 +93,10 @@ class RunWriter:
         flush_every: int = 10,
         flush_secs: float = 5.0,
         on_error: str = "warn",
+        finish: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.finish = finish
         self.attrs = dict(attrs)
         self.flush_every = max(1, int(flush_every))
         self.flush_secs = float(flush_secs)
@@ -109,6 +115,7 @@ class RunWriter:
         self._steps_seen = 0
         self._written = 0
         self._closed = False
+        self._datasets: dict[str, _Rows] = {}
 
     # -- training-thread side -------------------------------------------------------------
     def open(self, layout: Layout, hist_edges: np.ndarray | Any) -> None:
@@ -116,9 +123,12 @@ class RunWriter:
         self._thread.start()
         self._put(("open", (layout, hist_edges)))
 
-    def write_row(self, step: int, wall_time: float, f4: Any, f8: Any, event: Any = None) -> None:
-        """Queue one recorded step (CPU tensors or arrays; *event* guards a pending copy)."""
-        self._put(("row", (step, wall_time, f4, f8, event)))
+    def write_row(
+        self, step: int, wall_time: float, f4: Any, f8: Any, event: Any = None, finish_args: tuple[Any, ...] = ()
+    ) -> None:
+        """Queue one recorded step (CPU tensors or arrays; *event* guards a pending copy;
+        *finish_args* go to ``finish``)."""
+        self._put(("row", (step, wall_time, f4, f8, event, finish_args)))
 
     def write_scalars(self, rows: list[tuple[int, dict[str, float]]], event: Any = None) -> None:
         """Queue scalars for several training steps."""
@@ -205,10 +215,13 @@ class RunWriter:
         if kind == "open":
             self._create(*payload)
         elif kind == "row":
-            step, wall, f4, f8, event = payload
+            step, wall, f4, f8, event, finish_args = payload
             if event is not None:
                 event.synchronize()
-            self._rows.append((step, wall, _as_numpy(f4), _as_numpy(f8)))
+            f4, f8 = _as_numpy(f4), _as_numpy(f8)
+            if self.finish is not None:
+                f4, f8 = self.finish(f4, f8, *finish_args)
+            self._rows.append((step, wall, f4, f8))
             self._last_step = step
         elif kind == "scalars":
             rows, event = payload
@@ -262,6 +275,10 @@ class RunWriter:
                     ds.attrs[key] = value
             f.swmr_mode = True
             f.flush()
+            self._datasets = {
+                name: _Rows(f[name])
+                for name in (schema.STEP, schema.WALL_TIME, schema.SCALAR_STEP, schema.SCALAR_VALUES)
+            } | {f"{st.group}/{st.name}": _Rows(f[f"{st.group}/{st.name}"]) for st in layout.stats}
             # Appear under the final name only now, and never over an existing file.
             os.link(tmp, self.path)
         except BaseException:
@@ -302,16 +319,17 @@ class RunWriter:
                 if np.issubdtype(dtype, np.integer):
                     missing = np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT
                     block = np.where(np.isnan(block), missing, block)  # a site that did not run this step
-                _append(f[f"{st.group}/{st.name}"], block.astype(dtype, copy=False))
-            _append(f[schema.WALL_TIME], np.array([r[1] for r in self._rows], dtype=np.float64))
+                self._datasets[f"{st.group}/{st.name}"].append(block)
+            self._datasets[schema.WALL_TIME].append(np.array([r[1] for r in self._rows], dtype=np.float64))
         if self._scalar_rows:
             self._append_scalars(f)
         if self._rows:
             # The commit marker goes last: readers trust len(/steps/step).
-            _append(f[schema.STEP], np.array([r[0] for r in self._rows], dtype=np.int64))
+            self._datasets[schema.STEP].append(np.array([r[0] for r in self._rows], dtype=np.int64))
             self._written += len(self._rows)
             self._rows.clear()
-        f[schema.STATUS][:] = np.array([1 if clean else 0, self._last_step, self._steps_seen], dtype=np.int64)
+        status = np.array([1 if clean else 0, self._last_step, self._steps_seen], dtype=np.int64)
+        f[schema.STATUS].id.write(h5py.h5s.ALL, h5py.h5s.ALL, status)
         f.flush()
         self._last_flush = time.monotonic()
 
@@ -336,15 +354,38 @@ class RunWriter:
                     self._scalar_cols[name] = col
                     names_ds[col] = name.encode("utf-8")[: schema.SCALAR_NAME_BYTES]
                 block[i, col] = value
-        _append(f[schema.SCALAR_VALUES], block)
-        _append(f[schema.SCALAR_STEP], np.array([s for s, _ in self._scalar_rows], dtype=np.int64))
+        self._datasets[schema.SCALAR_VALUES].append(block)
+        self._datasets[schema.SCALAR_STEP].append(np.array([s for s, _ in self._scalar_rows], dtype=np.int64))
         self._scalar_rows.clear()
 
 
-def _append(ds: h5py.Dataset, block: np.ndarray) -> None:
-    n = ds.shape[0]
-    ds.resize(n + block.shape[0], axis=0)
-    ds[n:] = block
+class _Rows:
+    """A dataset growing by rows, appended to through h5py's low-level API.
+
+    The high-level ``resize`` + slice assignment costs ~10x more Python per call, and a
+    flush appends to every dataset of the run: on small models that Python time, spent
+    on the writer's thread, held the GIL the training thread needs.
+    """
+
+    __slots__ = ("id", "n", "dtype", "tail")
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self.id = ds.id
+        self.n = int(ds.shape[0])
+        self.dtype = ds.dtype
+        self.tail = tuple(ds.shape[1:])
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        k = block.shape[0]
+        if k == 0:
+            return
+        start = self.n
+        self.id.set_extent((start + k, *self.tail))
+        file_space = self.id.get_space()
+        file_space.select_hyperslab((start,) + (0,) * len(self.tail), block.shape)
+        self.id.write(h5py.h5s.create_simple(block.shape), file_space, block)
+        self.n = start + k
 
 
 def _as_numpy(value: Any) -> np.ndarray:

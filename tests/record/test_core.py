@@ -10,7 +10,7 @@ import torch
 
 from normviz.datatypes import NormSpec, Site
 from normviz.default_plugins.statistics import BUILTIN_STATISTICS
-from normviz.record import core
+from normviz.record import core, finish
 from normviz.record import stats as S
 
 SPECS = [
@@ -43,10 +43,14 @@ def test_fused_equals_reference():
     norm_rows = [i for i, (spec, _, _) in enumerate(SPECS) if spec is not None]
     assembler = core.CoreAssembler([s.channels for s in sites], stored, norm_rows, torch.device("cpu"))
     blocks = assembler.blocks(observed)
-    for name, block in blocks.items():
+    edges = finish.first_edges(blocks.stats["min"].numpy(), blocks.stats["max"].numpy())
+    host = finish.host_values(blocks.host.numpy(), edges, blocks.group_sizes, blocks.numel)
+    produced = {name: t.double().numpy() for name, t in blocks.stats.items()} | host
+    assert set(produced) == set(core.FUSED)
+    for name, values in produced.items():
         rows = norm_rows if name.startswith("group_") else list(range(len(sites)))
         expected = torch.cat([refs[r][name].double().reshape(-1) for r in rows])
-        np.testing.assert_allclose(block.double().numpy(), expected.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(values.reshape(-1), expected.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_missing_site_gives_nan_rows():
@@ -54,22 +58,49 @@ def test_missing_site_gives_nan_rows():
     obs = core.observe(x, -1, None, torch.Generator())
     assembler = core.CoreAssembler([3, 3], [None, None], [], torch.device("cpu"))
     blocks = assembler.blocks([obs, None])
-    assert torch.isnan(blocks["mean"][1]) and not torch.isnan(blocks["mean"][0])
-    assert blocks["hist"].reshape(2, -1)[1].sum() == 0
+    assert torch.isnan(blocks.stats["mean"][1]) and not torch.isnan(blocks.stats["mean"][0])
+    edges = finish.first_edges(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
+    host = finish.host_values(blocks.host.numpy(), edges, blocks.group_sizes, blocks.numel)
+    assert host["hist"][1].sum() == 0 and host["hist"][0].sum() == S.SAMPLE_SIZE
+    assert np.isnan(host["percentiles"][1]).all() and np.isnan(host["nonfinite"][1]) and np.isnan(host["numel"][1])
+    assert host["numel"][0] == 12 and host["nonfinite"][0] == 0
 
 
 @pytest.mark.parametrize("m", [1, 5, 100])
-def test_batched_quantiles_rows_with_nan_padding(m):
-    values = torch.randn(3, m)
-    values[1, m // 2 :] = math.nan
-    levels = torch.tensor([0.0, 25.0, 50.0, 100.0])
-    q = core.batched_quantiles(values, levels)
+def test_sorted_quantiles_rows_with_nan_padding(m):
+    values = np.random.default_rng(0).normal(size=(3, m)).astype(np.float32)
+    values[1, m // 2 :] = np.nan
+    levels = [0.0, 25.0, 50.0, 100.0]
+    q = finish.sorted_quantiles(np.sort(values, axis=1), (~np.isnan(values)).sum(1), levels)
     for i in range(3):
-        row = values[i][~torch.isnan(values[i])].numpy()
+        row = values[i][~np.isnan(values[i])]
         if row.size:
-            np.testing.assert_allclose(q[i].numpy(), np.percentile(row, levels.numpy()), rtol=1e-6)
+            np.testing.assert_allclose(q[i], np.percentile(row.astype(np.float64), levels), rtol=1e-6)
         else:
-            assert torch.isnan(q[i]).all()
+            assert np.isnan(q[i]).all()
+
+
+def test_sorted_histograms_match_numpy():
+    rng = np.random.default_rng(1)
+    samples = rng.normal(size=(2, 500)).astype(np.float32)
+    samples[1, :7] = np.nan
+    samples[0, :3] = [np.inf, -np.inf, 10.0]
+    edges = np.stack([np.linspace(-2, 2, 9), np.linspace(-1, 3, 9)]).astype(np.float32)
+    srt = np.sort(samples, axis=1)
+    counts = finish.sorted_histograms(srt, (~np.isnan(samples)).sum(1), edges)
+    for i in range(2):
+        v = samples[i][~np.isnan(samples[i])]
+        inner = [np.sum((v >= edges[i, j]) & (v < edges[i, j + 1])) for j in range(8)]
+        expected = [np.sum(v < edges[i, 0]), *inner, np.sum(v >= edges[i, -1])]
+        np.testing.assert_array_equal(counts[i], expected)
+    assert counts[1].sum() == 493
+
+
+def test_first_edges_match_the_torch_reference():
+    lo = np.array([-1.0, 0.0, np.nan, 5.0], dtype=np.float32)
+    hi = np.array([2.0, 0.0, 1.0, 5.0], dtype=np.float32)
+    ref = S.first_edges(torch.from_numpy(lo)[:, None], torch.from_numpy(hi)[:, None]).numpy()
+    np.testing.assert_allclose(finish.first_edges(lo, hi), ref, rtol=1e-6)
 
 
 def test_batchnorm_output_derived_equals_observed():
@@ -83,7 +114,7 @@ def test_batchnorm_output_derived_equals_observed():
     inp = core.observe(x, 1, None, torch.Generator())
     derived = core.derive_batchnorm_output(y, inp, bn.weight, bn.bias, bn.eps, torch.Generator())
     direct = core.observe(y.detach(), 1, NormSpec("batch"), torch.Generator())
-    for field in ("mean_c", "var_c", "extrema", "min_c", "max_c"):
+    for field in ("mean_c", "var_c", "min_c", "max_c"):
         np.testing.assert_allclose(getattr(derived, field).numpy(), getattr(direct, field).numpy(), rtol=1e-4, atol=1e-5, err_msg=field)
     for a, b in zip(derived.group, direct.group):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
