@@ -17,15 +17,15 @@ from normviz.store import writer as writer_mod
 def failing_append(monkeypatch):
     """Every dataset append after the first 40 raises ENOSPC, as a full disk does."""
     calls = {"n": 0}
-    original = writer_mod._append
+    original = writer_mod._Rows.append
 
-    def append(ds, block):
+    def append(rows, block):
         calls["n"] += 1
         if calls["n"] > 40:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(ds, block)
+        return original(rows, block)
 
-    monkeypatch.setattr(writer_mod, "_append", append)
+    monkeypatch.setattr(writer_mod._Rows, "append", append)
     return calls
 
 
