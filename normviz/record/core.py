@@ -82,8 +82,8 @@ def derive_batchnorm_output(
     """
     scale = torch.rsqrt(inp.var_c + eps)
     if weight is not None:
-        scale = scale * weight.detach().float()
-    shift = bias.detach().float() if bias is not None else torch.zeros_like(inp.mean_c)
+        scale = scale * weight.float()  # under no_grad
+    shift = bias.float() if bias is not None else torch.zeros_like(inp.mean_c)
     mean_c = shift + 0.0 * inp.mean_c  # NaN/inf in the input stay visible
     var_c = scale.square() * inp.var_c
     lo = torch.addcmul(shift, inp.min_c - inp.mean_c, scale)

@@ -12,6 +12,7 @@ thread never sorts. NumPy's sort releases the GIL and is 10-20x faster than
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,57 +58,89 @@ def sorted_quantiles(srt: np.ndarray, n_valid: np.ndarray, levels: Sequence[floa
 
 def sorted_histograms(srt: np.ndarray, n_valid: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Row-wise histograms of row-sorted samples: [n, B+1] edges -> [n, B+2] counts of
-    ``[e_i, e_{i+1})``, then values below ``e_0`` first and values ``>= e_B`` last; NaN not counted."""
-    out = np.empty((srt.shape[0], edges.shape[1] + 1), dtype=np.float64)
-    for i in range(srt.shape[0]):
-        below = np.searchsorted(srt[i, : n_valid[i]], edges[i], side="left")  # values < e_j
-        out[i, 0] = below[0]
-        out[i, 1:-1] = np.diff(below)
-        out[i, -1] = n_valid[i] - below[-1]
-    return out
+    ``[e_i, e_{i+1})``, then values below ``e_0`` first and values ``>= e_B`` last; NaN not counted.
+
+    ``below[i, j]`` (values < e_j) is found by one binary search run on every (row, edge)
+    at once: a fixed ~log2(m) rounds of array ops whatever the number of sites, so the
+    writer's thread holds the GIL for a few dozen NumPy calls, not a loop over sites.
+    """
+    n, m = srt.shape
+    rows = np.arange(n)[:, None]
+    lo = np.zeros(edges.shape, dtype=np.int64)
+    hi = np.broadcast_to(n_valid[:, None], edges.shape).astype(np.int64)
+    padded = np.concatenate([srt, np.zeros((n, 1), dtype=srt.dtype)], axis=1)  # mid may reach m
+    for _ in range(max(1, int(m).bit_length())):
+        mid = (lo + hi) // 2
+        go_right = (padded[rows, mid] < edges) & (lo < hi)
+        lo = np.where(go_right, mid + 1, lo)
+        hi = np.where(go_right | (lo >= hi), hi, mid)
+    below = lo.astype(np.float64)
+    return np.concatenate([below[:, :1], np.diff(below, axis=1), n_valid[:, None] - below[:, -1:]], axis=1)
 
 
 class RowFinisher:
-    """Fills the host-finished statistics into a recorded row (called on the writer's thread).
+    """Fills the host-finished statistics into recorded rows (called on the writer's thread,
+    once per flush for all the rows it publishes: sorting them together costs a few
+    NumPy calls, whatever the number of rows and sites).
 
     *edges* are the [n_sites, HIST_BINS + 1] histogram edges stored in the file.
     """
 
     def __init__(self, layout: Layout, edges: np.ndarray) -> None:
+        self.n = len(layout.sites)
         self.edges = np.asarray(edges, dtype=np.float32)
         self.slots = {
             st.name: st for st in layout.stats if st.group == schema.ACT and st.name in HOST_FINISHED
         }
         self.f4_width = sum(st.width for st in layout.stats if st.vec == "f4")
 
-    def __call__(
-        self, f4: np.ndarray, f8: np.ndarray, group_sizes: list[int], numel: list[int | None]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """*f4* is the row's float32 vector followed by the host share of
-        :class:`~normviz.record.core.DeviceBlocks`; returns the finished (f4, f8) row."""
-        row = f4[: self.f4_width].copy()  # the samples behind it need not wait for the flush
-        values = host_values(f4[self.f4_width :], self.edges, group_sizes, numel, tuple(self.slots))
+    def __call__(self, rows: Sequence[tuple[np.ndarray, np.ndarray, tuple[Any, ...]]]) -> tuple[np.ndarray, np.ndarray]:
+        """*rows* are (f4, f8, (group_sizes, numel)) as queued: f4 is the row's float32 vector
+        followed by the host share of :class:`~normviz.record.core.DeviceBlocks`. Returns the
+        finished rows stacked, [k, f4 width] and [k, f8 width]."""
+        k = len(rows)
+        f4 = np.stack([r[0][: self.f4_width] for r in rows])
+        f8 = np.stack([r[1] for r in rows])
+        parts = [split_host(r[0][self.f4_width :], self.n) for r in rows]
+        sizes = [size for r in rows for size in r[2][0]]
+        numel = [c for r in rows for c in r[2][1]]
+        values = host_values(
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+            sizes,
+            numel,
+            np.tile(self.edges, (k, 1)),
+            tuple(self.slots),
+        )
         for name, st in self.slots.items():
+            per_row = values[name].reshape(k, -1, values[name].shape[-1])
             # Per-site values are indexed by site; group summaries already follow st.rows.
-            block = (values[name] if name in _PER_NORM_ROW else values[name][st.rows]).reshape(-1)
-            target = row if st.vec == "f4" else f8
-            target[st.start : st.start + st.width] = block
-        return row, f8
+            block = (per_row if name in _PER_NORM_ROW else per_row[:, st.rows]).reshape(k, -1)
+            (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width] = block
+        return f4, f8
+
+
+def split_host(host: np.ndarray, n_sites: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The host share of one row: samples [n_sites, SAMPLE_SIZE], non-finite flags [n_sites],
+    and the norm rows' group means and scales (flat)."""
+    size = n_sites * S.SAMPLE_SIZE
+    return host[:size].reshape(n_sites, S.SAMPLE_SIZE), host[size : size + n_sites], host[size + n_sites :]
 
 
 def host_values(
-    host: np.ndarray, edges: np.ndarray, group_sizes: list[int], numel: list[int | None],
-    names: Sequence[str] = HOST_FINISHED,
+    samples: np.ndarray, nonfinite: np.ndarray, groups: np.ndarray, group_sizes: Sequence[int],
+    numel: Sequence[int | None], edges: np.ndarray, names: Sequence[str] = HOST_FINISHED,
 ) -> dict[str, np.ndarray]:
-    """The host-finished statistics from the host share of :class:`~normviz.record.core.DeviceBlocks`.
+    """The host-finished statistics of any number of sites (of one row or many).
 
+    *samples* [n, SAMPLE_SIZE], *nonfinite* [n] (> 0: some value of the site is not
+    finite), *numel* [n] (None: the site did not run), *edges* [n, HIST_BINS + 1];
+    *groups* holds each norm row's group means then group scales, ``group_sizes`` long.
     Per-site arrays have one row per site; ``group_mean`` / ``group_scale`` one row per
-    norm row (in the order of *group_sizes*).
+    norm row.
     """
-    n = len(numel)
-    size = n * S.SAMPLE_SIZE
-    samples = host[:size].reshape(n, S.SAMPLE_SIZE)
-    present = host[size : size + n] > 0
+    present = nonfinite > 0
     srt = np.sort(samples, axis=1)  # NaN last
     n_valid = (~np.isnan(samples)).sum(axis=1)
     missing = np.array([c is None for c in numel], dtype=bool)
@@ -122,32 +155,34 @@ def host_values(
     if "nonfinite" in names:
         in_sample = (~np.isfinite(samples)).sum(axis=1)
         estimate = np.maximum(np.round(in_sample * (counts / S.SAMPLE_SIZE)), 1.0)
-        values["nonfinite"] = np.where(missing, np.nan, np.where(present, estimate, 0.0))
+        values["nonfinite"] = np.where(missing, np.nan, np.where(present, estimate, 0.0))[:, None]
     if "numel" in names:
-        values["numel"] = counts
+        values["numel"] = counts[:, None]
     if "group_mean" in names or "group_scale" in names:
-        values["group_mean"], values["group_scale"] = _group_percentiles(host[size + n :], group_sizes)
+        values["group_mean"], values["group_scale"] = _group_percentiles(groups, group_sizes)
     return values
 
 
 _PER_NORM_ROW = ("group_mean", "group_scale")
 
 
-def _group_percentiles(groups: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _group_percentiles(groups: np.ndarray, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Percentiles at GROUP_LEVELS of each norm row's group means and group scales.
 
-    Returns two [len(sizes), len(GROUP_LEVELS)] arrays, one row per norm row (NaN for
-    a row without groups)."""
+    *groups* holds, for each norm row with ``sizes[i] > 0``, its group means then its group
+    scales. Returns two [len(sizes), len(GROUP_LEVELS)] arrays, one row per norm row (NaN
+    for a row without groups). All series are padded with NaN into one matrix and sorted
+    at once.
+    """
     k = len(S.GROUP_LEVELS)
-    out_mean = np.full((len(sizes), k), np.nan)
-    out_scale = np.full((len(sizes), k), np.nan)
-    offset = 0
-    for i, size in enumerate(sizes):
-        if size == 0:
-            continue
-        for out in (out_mean, out_scale):
-            values = groups[offset : offset + size]
-            offset += size
-            srt = np.sort(values)[None, :]
-            out[i] = sorted_quantiles(srt, np.array([int((~np.isnan(values)).sum())]), S.GROUP_LEVELS)[0]
-    return out_mean, out_scale
+    out = np.full((2 * len(sizes), k), np.nan)
+    series = np.repeat(np.asarray(sizes, dtype=np.int64), 2)  # mean and scale of each row
+    if series.size and series.max() > 0:
+        width = int(series.max())
+        have = series > 0
+        lengths = series[have]
+        padded = np.full((lengths.size, width), np.nan, dtype=np.float32)
+        padded[np.arange(width)[None, :] < lengths[:, None]] = groups[: int(lengths.sum())]
+        n_valid = (~np.isnan(padded)).sum(axis=1)
+        out[have] = sorted_quantiles(np.sort(padded, axis=1), n_valid, S.GROUP_LEVELS)
+    return out[0::2], out[1::2]

@@ -129,7 +129,7 @@ class GradientTracker:
             with torch.no_grad():
                 self._snapshot = self._copy_weights()
                 if self._closure:  # the gradients do not exist yet: the closure computes them
-                    w_sq = _norms([p.detach() for p in self._params], 2.0).square()
+                    w_sq = _norms(self._params, 2.0).square()
                     device = self._params[0].device
                     self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(
                         0, self._owner_t(device), w_sq
@@ -151,7 +151,7 @@ class GradientTracker:
                 self._result["weight_norm"] = weight_norm
             with torch.no_grad():
                 deltas = self._snapshot
-                torch._foreach_sub_(deltas, [p.detach() for p in self._params])  # old - new, in place
+                torch._foreach_sub_(deltas, self._params)  # old - new, in place
                 sq = _norms(deltas, 2.0).square()
                 layer_sq = torch.zeros(self.n_layers, device=sq.device).index_add_(0, self._owner_t(sq.device), sq)
                 self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
@@ -162,7 +162,7 @@ class GradientTracker:
 
     def _copy_weights(self) -> list[torch.Tensor]:
         """The parameters' current values, copied into the kept buffers."""
-        weights = [p.detach() for p in self._params]
+        weights = self._params  # read under no_grad: no detached aliases needed (each costs ~5 us)
         buffers = self._buffers
         if buffers is None or any(
             b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(buffers, weights)
@@ -198,13 +198,12 @@ class GradientTracker:
             present = [i for i, p in enumerate(self._params) if p.grad is not None]
             device = self._params[0].device
             owner = self._owner_t(device)
-            weights = [p.detach() for p in self._params]
-            w_sq = _norms(weights, 2.0).square()
+            w_sq = _norms(self._params, 2.0).square()
             self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(0, owner, w_sq).sqrt()
             self._result = {"weight_norm": self._weight_norm}
             if not present:
                 return
-            grads = [self._params[i].grad.detach() for i in present]  # type: ignore[union-attr]
+            grads = [self._params[i].grad for i in present]
             sub_owner, have, count = self._present_index(tuple(present), device)
             l2 = _norms(grads, 2.0).square()
             l1, linf = _abs_sum_max(grads)

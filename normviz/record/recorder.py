@@ -227,6 +227,7 @@ class Recorder:
         self._pending_scalars: list[tuple[int, float, dict[str, Any]]] = []
         self._gens: dict[torch.device, torch.Generator] = {}
         self._placeholders: dict[tuple[int, str, torch.device | None], torch.Tensor] = {}
+        self._module_plans: dict[str, _ModulePlan] = {}
         self._disabled_layers: set[str] = set()
         self._disabled_stats: set[str] = set()
         self._late_sites_warned = False
@@ -266,7 +267,8 @@ class Recorder:
             scalars["lr"] = lr
         self._pending_scalars.append((step, time.time() - self._t0, scalars))
         if self._armed:
-            self._record_row(step)
+            with torch.no_grad():  # parameters are read as they are, without detached aliases
+                self._record_row(step)
         self._step += 1
         self._armed = self._step % self.every == 0
         self._results.clear()
@@ -350,8 +352,6 @@ class Recorder:
         ident = (id(x), x._version, x.shape, x.dtype, st.site.channel_dim)
         hit = self._seen.get(ident)
         base = hit[1] if hit is not None and hit[0]() is x else None
-        tensor = x
-        x = x.detach()
         gen = self._gen(x.device)
         out: dict[str, Any] = self._results.setdefault(key, {})
         if derive_from is not None and derive_from.min_c is not None and base is None:
@@ -362,10 +362,10 @@ class Recorder:
             obs = core.observe(x, st.site.channel_dim, st.spec, gen, base)
         out[_CORE] = obs
         if base is None:
-            self._seen[ident] = (weakref.ref(tensor), obs)
+            self._seen[ident] = (weakref.ref(x), obs)
         if not st.extras:
             return obs
-        ctx = S.SiteTensor(x, st.site, st.spec, gen, st.ctx_state)
+        ctx = S.SiteTensor(x.detach(), st.site, st.spec, gen, st.ctx_state)
         # Extras share the core's sample and moments: one sample per site and step.
         ctx._cache["sample"] = obs.sample
         ctx._cache["moments"] = (obs.mean_c, obs.var_c)
@@ -623,17 +623,7 @@ class Recorder:
                         device = t.device if device is None else device
                     parts[st.vec].append(t.reshape(-1))
             elif st.group == schema.MODULE:
-                for i, r in enumerate(st.rows):
-                    module = self._layers[layout.layers[r].name][0]
-                    w = st.offsets[i + 1] - st.offsets[i]
-                    t = _module_tensor(module, st.name)
-                    if t is None or t.numel() < w:
-                        t = self._nan_fill(w, "f4", device)
-                    else:
-                        t = t.detach().reshape(-1).float()
-                        if t.numel() > w:
-                            t = t.index_select(0, _channel_index(t.numel(), w, t.device))
-                    parts["f4"].append(t)
+                parts["f4"].append(self._module_block(st, device))
             elif st.group == schema.GRAD:
                 parts["f4"].append(self._grads.result(st.name, device))
         if blocks is not None:
@@ -659,6 +649,32 @@ class Recorder:
         finish_args = (blocks.group_sizes, blocks.numel) if blocks is not None else ([], [])
         self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args)
         self._send_scalars()
+
+    def _module_block(self, st: StatEntry, device: torch.device | None) -> torch.Tensor:
+        """One module statistic (e.g. every norm's running_var) of all its layers, float32, thinned.
+
+        The usual case — the same tensors as at the first step, one dtype — is one cat and
+        one index_select for all layers; anything else goes layer by layer.
+        """
+        assert self._layout is not None
+        modules = [self._layers[self._layout.layers[r].name][0] for r in st.rows]
+        tensors = [_module_tensor(m, st.name) for m in modules]
+        plan = self._module_plans.get(st.name)
+        if plan is None:
+            plan = self._module_plans[st.name] = _ModulePlan.build(tensors, st.offsets)
+        if plan.fits(tensors):
+            flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+            flat = flat.float() if flat.dtype != torch.float32 else flat
+            return flat.index_select(0, plan.gather) if plan.gather is not None else flat.clone()
+        parts = []
+        for i, t in enumerate(tensors):
+            w = st.offsets[i + 1] - st.offsets[i]
+            if t is None or t.numel() < w:
+                parts.append(self._nan_fill(w, "f4", device))
+                continue
+            t = t.reshape(-1).float()
+            parts.append(t.index_select(0, _channel_index(t.numel(), w, t.device)) if t.numel() > w else t.clone())
+        return torch.cat(parts)
 
     def _placeholder(self, width: int, vec: str, device: torch.device | None) -> torch.Tensor:
         key = (width, vec, device)
@@ -713,6 +729,42 @@ class _ResetCalls:
         self.recorder._calls.clear()
         self.recorder._seen.clear()
         return None
+
+
+class _ModulePlan:
+    """How one module statistic's tensors are flattened: their sizes, dtype and device at the
+    first recorded step, and the indices of the stored values in their concatenation."""
+
+    __slots__ = ("numels", "dtype", "device", "gather")
+
+    def __init__(self, numels: list[int], dtype: torch.dtype, device: torch.device, gather: torch.Tensor | None):
+        self.numels, self.dtype, self.device, self.gather = numels, dtype, device, gather
+
+    @classmethod
+    def build(cls, tensors: list[torch.Tensor | None], offsets: list[int]) -> _ModulePlan:
+        if not tensors or any(t is None for t in tensors):
+            return cls([], torch.float32, torch.device("cpu"), None)
+        numels = [t.numel() for t in tensors]  # type: ignore[union-attr]
+        first = tensors[0]
+        assert first is not None
+        index, base, thinned = [], 0, False
+        for i, n in enumerate(numels):
+            w = offsets[i + 1] - offsets[i]
+            if n < w:
+                return cls([], torch.float32, torch.device("cpu"), None)  # never fits: the slow path pads
+            thinned |= n > w
+            index.append(_channel_index(n, w, first.device) + base)
+            base += n
+        gather = torch.cat(index) if thinned else None
+        return cls(numels, first.dtype, first.device, gather)
+
+    def fits(self, tensors: list[torch.Tensor | None]) -> bool:
+        if len(tensors) != len(self.numels):
+            return False
+        for t, n in zip(tensors, self.numels):
+            if t is None or t.numel() != n or t.dtype != self.dtype or t.device != self.device:
+                return False
+        return True
 
 
 def _module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:

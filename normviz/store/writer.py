@@ -80,9 +80,10 @@ class RunWriter:
         recording and keeps what was published; training goes on. ``"raise"``:
         the next :meth:`check` raises :class:`RecordingError` in the training thread.
     finish:
-        Called on the writer's thread as ``finish(f4, f8, *finish_args)`` with a queued
-        row's NumPy vectors; returns the row to store. The recorder computes what
-        needs sorting there (:mod:`normviz.record.finish`), off the training thread.
+        Called on the writer's thread at each flush as ``finish(rows)`` with the queued
+        rows as ``(f4, f8, finish_args)`` NumPy tuples; returns the rows to store, stacked
+        ([k, f4 width], [k, f8 width]). The recorder computes what needs sorting there
+        (:mod:`normviz.record.finish`), off the training thread and for many rows at once.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class RunWriter:
         self._thread = threading.Thread(target=self._run, name="normviz-writer", daemon=True)
         self._file: h5py.File | None = None
         self._layout: Layout | None = None
-        self._rows: list[tuple[int, float, np.ndarray, np.ndarray]] = []
+        self._rows: list[tuple[int, float, np.ndarray, np.ndarray, tuple[Any, ...]]] = []
         self._scalar_rows: list[tuple[int, dict[str, float]]] = []
         self._scalar_cols: dict[str, int] = {}
         self._scalar_overflow_warned = False
@@ -218,10 +219,7 @@ class RunWriter:
             step, wall, f4, f8, event, finish_args = payload
             if event is not None:
                 event.synchronize()
-            f4, f8 = _as_numpy(f4), _as_numpy(f8)
-            if self.finish is not None:
-                f4, f8 = self.finish(f4, f8, *finish_args)
-            self._rows.append((step, wall, f4, f8))
+            self._rows.append((step, wall, _as_numpy(f4), _as_numpy(f8), finish_args))
             self._last_step = step
         elif kind == "scalars":
             rows, event = payload
@@ -311,10 +309,12 @@ class RunWriter:
         f, layout = self._file, self._layout
         assert f is not None and layout is not None
         if self._rows:
-            f4 = np.stack([r[2] for r in self._rows]) if self._rows[0][2].size else None
-            f8 = np.stack([r[3] for r in self._rows]) if self._rows[0][3].size else None
+            if self.finish is not None:
+                f4, f8 = self.finish([(r[2], r[3], r[4]) for r in self._rows])
+            else:
+                f4, f8 = np.stack([r[2] for r in self._rows]), np.stack([r[3] for r in self._rows])
             for st in layout.stats:
-                block = (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width]  # type: ignore[index]
+                block = (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width]
                 dtype = _DTYPES[st.dtype]
                 if np.issubdtype(dtype, np.integer):
                     missing = np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT

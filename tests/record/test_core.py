@@ -44,7 +44,8 @@ def test_fused_equals_reference():
     assembler = core.CoreAssembler([s.channels for s in sites], stored, norm_rows, torch.device("cpu"))
     blocks = assembler.blocks(observed)
     edges = finish.first_edges(blocks.stats["min"].numpy(), blocks.stats["max"].numpy())
-    host = finish.host_values(blocks.host.numpy(), edges, blocks.group_sizes, blocks.numel)
+    samples, nonfinite, groups = finish.split_host(blocks.host.numpy(), len(sites))
+    host = finish.host_values(samples, nonfinite, groups, blocks.group_sizes, blocks.numel, edges)
     produced = {name: t.double().numpy() for name, t in blocks.stats.items()} | host
     assert set(produced) == set(core.FUSED)
     for name, values in produced.items():
@@ -60,7 +61,7 @@ def test_missing_site_gives_nan_rows():
     blocks = assembler.blocks([obs, None])
     assert torch.isnan(blocks.stats["mean"][1]) and not torch.isnan(blocks.stats["mean"][0])
     edges = finish.first_edges(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
-    host = finish.host_values(blocks.host.numpy(), edges, blocks.group_sizes, blocks.numel)
+    host = finish.host_values(*finish.split_host(blocks.host.numpy(), 2), blocks.group_sizes, blocks.numel, edges)
     assert host["hist"][1].sum() == 0 and host["hist"][0].sum() == S.SAMPLE_SIZE
     assert np.isnan(host["percentiles"][1]).all() and np.isnan(host["nonfinite"][1]) and np.isnan(host["numel"][1])
     assert host["numel"][0] == 12 and host["nonfinite"][0] == 0
@@ -112,7 +113,8 @@ def test_batchnorm_output_derived_equals_observed():
     x = torch.randn(6, 5, 4, 4) * 3 + 7
     y = bn(x)
     inp = core.observe(x, 1, None, torch.Generator())
-    derived = core.derive_batchnorm_output(y, inp, bn.weight, bn.bias, bn.eps, torch.Generator())
+    with torch.no_grad():  # as in the recorder's hooks
+        derived = core.derive_batchnorm_output(y, inp, bn.weight, bn.bias, bn.eps, torch.Generator())
     direct = core.observe(y.detach(), 1, NormSpec("batch"), torch.Generator())
     for field in ("mean_c", "var_c", "min_c", "max_c"):
         np.testing.assert_allclose(getattr(derived, field).numpy(), getattr(direct, field).numpy(), rtol=1e-4, atol=1e-5, err_msg=field)

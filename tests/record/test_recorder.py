@@ -308,3 +308,31 @@ def test_wide_channel_series_are_thinned_to_evenly_spaced_channels(tmp_path):
         # global statistics still use every channel
         assert run.stat("mean", "1", "input")[0] == pytest.approx(seen["in"].mean().item(), rel=1e-5)
         assert run.module_stat("running_mean", "1").shape == (1, 8)
+
+
+def test_rows_finished_together_keep_their_own_groups_and_samples(tmp_path):
+    """Rows are finished on the host one flush at a time; batch sizes that differ between
+    steps give each row its own number of normalization groups."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    seen: list[np.ndarray] = []
+    model[1].register_forward_hook(lambda m, a, o: seen.append(a[0].detach().double().numpy()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "r.h5"
+    with normviz.Recorder(model, path, statistics=["sample"], flush_every=4) as rec:
+        for batch in (7, 3, 12, 1, 5):
+            opt.zero_grad()
+            model(torch.randn(batch, 6) * (1 + batch)).square().mean().backward()
+            opt.step()
+            rec.step()
+    with normviz.open(path) as run:
+        levels = run.layout.group_levels
+        means = run.stat("group_mean", "1", "input")
+        samples = run.stat("sample", "1", "input").astype(np.float64)
+        pcts = run.stat("percentiles", "1", "input")
+        assert means.shape[0] == len(seen) == 5
+        for k, x in enumerate(seen):
+            np.testing.assert_allclose(means[k], np.percentile(x.mean(1), levels), rtol=1e-4, atol=1e-5)
+            assert np.isin(samples[k].astype(np.float32), x.astype(np.float32).ravel()).all()
+            np.testing.assert_allclose(pcts[k], np.percentile(samples[k], run.layout.percentile_levels), rtol=1e-5)
+            assert run.stat("numel", "1", "input")[k] == x.size
