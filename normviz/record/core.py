@@ -37,10 +37,14 @@ HOST_FINISHED = ("percentiles", "hist", "nonfinite", "numel", "group_mean", "gro
 
 @dataclass
 class CoreObs:
-    """What a hook keeps of one site for one step (tensors on the site's device)."""
+    """What a hook keeps of one site for one step (tensors on the site's device).
 
-    mean_c: torch.Tensor  # per-channel mean, float32
-    var_c: torch.Tensor  # per-channel population variance, float32
+    ``mean_c``/``var_c`` are None while *lazy*: the tensor is expected to be the next
+    norm layer's input, whose own batch statistics will fill them (see :func:`borrow`).
+    """
+
+    mean_c: torch.Tensor | None  # per-channel mean, float32
+    var_c: torch.Tensor | None  # per-channel population variance, float32
     min_c: torch.Tensor  # per-channel min and max, float32 (a following BatchNorm's output
     max_c: torch.Tensor  # statistics are derived from them)
     sample: torch.Tensor  # [SAMPLE_SIZE] float32
@@ -48,26 +52,110 @@ class CoreObs:
     group: tuple[torch.Tensor, torch.Tensor] | None = None  # per normalization group: mean, scale
 
 
+@dataclass
+class Borrowed:
+    """Statistics a norm layer computed itself in its forward pass (exact, and free)."""
+
+    mean_c: torch.Tensor | None = None  # per-channel batch mean and variance (BatchNorm)
+    var_c: torch.Tensor | None = None
+    group: tuple[torch.Tensor, torch.Tensor] | None = None  # per-group mean and std (GroupNorm, LayerNorm)
+
+
+_BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def borrow(module: torch.nn.Module, x: torch.Tensor, output: torch.Tensor, gen: torch.Generator) -> Borrowed | None:
+    """The batch statistics PyTorch's own BatchNorm, GroupNorm and LayerNorm saved for their
+    backward pass (mean and 1/sqrt(var + eps)), read from the output's autograd node.
+
+    They are the very statistics the layer normalized with, so they cost no pass over
+    *x*. The variance comes back as ``1/rstd² − eps``: exact to ~1e-7·eps absolute.
+    Anything unexpected (another class, no autograd graph, an input that is not *x*,
+    another PyTorch's node layout) returns None and the statistics are computed directly.
+    """
+    grad_fn = output.grad_fn
+    if grad_fn is None:
+        return None
+    node = type(grad_fn).__name__
+    kind = type(module)
+    if not (
+        (node == "NativeBatchNormBackward0" and kind in _BATCHNORMS)
+        or (node == "NativeGroupNormBackward0" and kind is torch.nn.GroupNorm)
+        or (node == "NativeLayerNormBackward0" and kind is torch.nn.LayerNorm)
+    ):
+        return None
+    try:
+        saved = grad_fn._saved_input
+        if saved.data_ptr() != x.data_ptr() or saved.shape != x.shape:
+            return None
+        if node == "NativeBatchNormBackward0" and not grad_fn._saved_training:
+            return None
+        mean, rstd = grad_fn._saved_result1.float(), grad_fn._saved_result2.float()
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    var = (rstd.reciprocal().square() - float(module.eps)).clamp_min(0.0)  # type: ignore[arg-type]
+    if node == "NativeBatchNormBackward0":
+        return Borrowed(mean_c=mean, var_c=var)
+    mean, std = mean.reshape(-1), var.sqrt().reshape(-1)
+    if mean.numel() > S.MAX_GROUPS:  # the same bounded summary as the direct computation
+        pick = torch.randint(0, mean.numel(), (S.MAX_GROUPS,), generator=gen, device=mean.device)
+        mean, std = mean.index_select(0, pick), std.index_select(0, pick)
+    return Borrowed(group=(mean, std))
+
+
 def observe(
-    x: torch.Tensor, channel_dim: int, spec: NormSpec | None, gen: torch.Generator, base: CoreObs | None = None
+    x: torch.Tensor,
+    channel_dim: int,
+    spec: NormSpec | None,
+    gen: torch.Generator,
+    base: CoreObs | None = None,
+    borrowed: Borrowed | None = None,
+    lazy: bool = False,
 ) -> CoreObs:
-    """The in-hook part: three passes over *x* (shifted sums, min/max), a sample, no host sync.
+    """The in-hook part: a few passes over *x* (shifted sums, min/max), a sample, no host sync.
 
     *base* is an observation of the very same tensor made earlier in the step (a
     convolution's output is the next BatchNorm's input): its passes are reused and
-    only the normalization groups are added.
+    only the normalization groups are added. *borrowed* statistics replace the passes
+    they make unnecessary; *lazy* leaves the channel moments to be filled later.
     """
     if x.dim() == 0:
         x = x.reshape(1)
+    have = borrowed is not None and borrowed.mean_c is not None
     if base is None:
-        mean_c, var_c = S.channel_moments(x, channel_dim)
+        if have:
+            mean_c, var_c = borrowed.mean_c, borrowed.var_c  # type: ignore[union-attr]
+        elif lazy:
+            mean_c = var_c = None
+        else:
+            mean_c, var_c = S.channel_moments(x, channel_dim)
         min_c, max_c = S.channel_extrema(x, channel_dim)
         sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
         base = CoreObs(mean_c, var_c, min_c, max_c, sample, x.numel())
+    elif base.mean_c is None:
+        # The lazily observed tensor: this layer's own statistics, or the passes now.
+        if have:
+            base.mean_c, base.var_c = borrowed.mean_c, borrowed.var_c  # type: ignore[union-attr]
+        else:
+            base.mean_c, base.var_c = S.channel_moments(x, channel_dim)
     group = None
     if spec is not None and spec.group_dims is not None and spec.kind != "none":
-        group = S.group_moments(x, spec, base.mean_c, base.var_c, gen)
+        if borrowed is not None and borrowed.group is not None:
+            group = borrowed.group
+        else:
+            group = S.group_moments(x, spec, base.mean_c, base.var_c, gen)
     return CoreObs(base.mean_c, base.var_c, base.min_c, base.max_c, base.sample, base.numel, group)
+
+
+def complete(obs: CoreObs, x: torch.Tensor | None, channel_dim: int) -> None:
+    """Fill a lazy observation's channel moments from *x* (or NaN when *x* is gone or changed)."""
+    if obs.mean_c is not None:
+        return
+    if x is None:
+        nan = torch.full_like(obs.min_c, math.nan)
+        obs.mean_c, obs.var_c = nan, nan
+    else:
+        obs.mean_c, obs.var_c = S.channel_moments(x, channel_dim)
 
 
 def derive_batchnorm_output(
@@ -80,6 +168,7 @@ def derive_batchnorm_output(
     its variance γ² σ²_B / (σ²_B + ε), and its channel extrema the affine images of
     the input's. Only the value sample is drawn from *y* itself.
     """
+    assert inp.mean_c is not None and inp.var_c is not None
     scale = torch.rsqrt(inp.var_c + eps)
     if weight is not None:
         scale = scale * weight.float()  # under no_grad

@@ -40,12 +40,13 @@ MAX_CHANNELS = 32
 MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
 _CORE = "__core__"  # key of a site's fused core observation in a step's results
 _PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BORROWING = (*_PLAIN_BATCHNORMS, nn.GroupNorm, nn.LayerNorm)  # see core.borrow
 
 
 class _SiteState:
     """A site's descriptor, its statistics (all, and the per-site extras) and their state."""
 
-    __slots__ = ("site", "spec", "stats", "extras", "ctx_state", "index")
+    __slots__ = ("site", "spec", "stats", "extras", "ctx_state", "index", "lazy")
 
     def __init__(self, site: Site, spec: NormSpec | None, stats: list[Statistic], ctx_state: dict[str, Any]) -> None:
         self.site = site
@@ -54,12 +55,15 @@ class _SiteState:
         self.extras = [s for s in stats if not s.fused]
         self.ctx_state = ctx_state
         self.index = -1
+        # Set once this site's tensor was seen to be the input of a norm layer whose own
+        # batch statistics could be borrowed: its channel moments are then left to that layer.
+        self.lazy = False
 
 
 class _LayerHook:
     """The forward hook of one module. Returns None: a hook's return value replaces the output."""
 
-    __slots__ = ("recorder", "name", "spec", "is_norm", "is_batchnorm")
+    __slots__ = ("recorder", "name", "spec", "is_norm", "is_batchnorm", "can_borrow")
 
     def __init__(self, recorder: Recorder, name: str, spec: NormSpec | None, module: nn.Module) -> None:
         self.recorder = recorder
@@ -70,6 +74,7 @@ class _LayerHook:
         # PyTorch's own classes: SyncBatchNorm normalizes with statistics of every rank, and
         # a subclass may change forward.
         self.is_batchnorm = type(module) in _PLAIN_BATCHNORMS and spec is not None and spec.kind == "batch"
+        self.can_borrow = type(module) in _BORROWING and spec is not None
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         rec = self.recorder
@@ -79,10 +84,16 @@ class _LayerHook:
         rec._calls[self.name] = call + 1
         try:
             with torch.no_grad():
-                obs_in = None
-                if self.is_norm and args and isinstance(args[0], torch.Tensor):
-                    obs_in = rec._observe(self.name, module, "input", call, args[0], self.spec)
+                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
                 out = _first_tensor(output)
+                if rec._lazy:  # a lazily observed tensor this layer does not normalize: finish it now
+                    rec._complete_lazy(keep=x if self.is_norm else None)
+                obs_in = None
+                if self.is_norm and x is not None:
+                    borrowed = None
+                    if self.can_borrow and out is not None and module.training:
+                        borrowed = core.borrow(module, x, out, rec._gen(x.device))
+                    obs_in = rec._observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed)
                 if out is not None:
                     derive = obs_in if self.is_batchnorm and module.training else None
                     rec._observe(self.name, module, "output", call, out, self.spec, derive_from=derive)
@@ -220,7 +231,11 @@ class Recorder:
         self._armed = True
         self._calls: dict[str, int] = {}
         self._results: dict[str, dict[str, Any]] = {}
-        self._seen: dict[tuple[Any, ...], tuple[Any, core.CoreObs]] = {}
+        self._seen: dict[tuple[Any, ...], tuple[Any, core.CoreObs, _SiteState]] = {}
+        # Lazily observed tensors of this step: (observation, tensor, version, site). The
+        # tensor is held (until the next recorded layer runs) so that it can still be reduced.
+        self._lazy: list[tuple[core.CoreObs, torch.Tensor, int, _SiteState]] = []
+        self._lazy_warned = False
         self._sites: dict[str, _SiteState] = {}
         self._layout: Layout | None = None
         self._writer: RunWriter | None = None
@@ -273,6 +288,7 @@ class Recorder:
         self._armed = self._step % self.every == 0
         self._results.clear()
         self._seen.clear()
+        self._lazy.clear()
         self._calls.clear()
         self._grads.reset()
 
@@ -280,6 +296,11 @@ class Recorder:
         """Mark the start of a forward pass that does not go through ``model(...)``
         (e.g. a Lightning ``training_step`` calling submodules): module call counts
         restart from 0, as they do at every call of the model itself."""
+        self._new_forward()
+
+    def _new_forward(self) -> None:
+        if self._lazy:
+            self._complete_lazy()
         self._calls.clear()
         self._seen.clear()
 
@@ -337,6 +358,7 @@ class Recorder:
         x: torch.Tensor,
         spec: NormSpec | None,
         derive_from: core.CoreObs | None = None,
+        borrowed: core.Borrowed | None = None,
     ) -> core.CoreObs | None:
         if name in self._disabled_layers or not x.is_floating_point() or x.numel() == 0:
             return None
@@ -352,6 +374,8 @@ class Recorder:
         ident = (id(x), x._version, x.shape, x.dtype, st.site.channel_dim)
         hit = self._seen.get(ident)
         base = hit[1] if hit is not None and hit[0]() is x else None
+        if base is not None and borrowed is not None and borrowed.mean_c is not None and spec is not None:
+            hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
         gen = self._gen(x.device)
         out: dict[str, Any] = self._results.setdefault(key, {})
         if derive_from is not None and derive_from.min_c is not None and base is None:
@@ -359,10 +383,13 @@ class Recorder:
                 x, derive_from, getattr(module, "weight", None), getattr(module, "bias", None), module.eps, gen
             )
         else:
-            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base)
+            lazy = st.lazy and base is None and spec is None and not st.extras
+            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed, lazy=lazy)
+            if lazy:
+                self._lazy.append((obs, x, x._version, st))
         out[_CORE] = obs
         if base is None:
-            self._seen[ident] = (weakref.ref(x), obs)
+            self._seen[ident] = (weakref.ref(x), obs, st)
         if not st.extras:
             return obs
         ctx = S.SiteTensor(x.detach(), st.site, st.spec, gen, st.ctx_state)
@@ -383,6 +410,33 @@ class Recorder:
                     stacklevel=2,
                 )
         return obs
+
+    def _complete_lazy(self, keep: torch.Tensor | None = None) -> None:
+        """Compute the channel moments of lazily observed tensors no norm layer claimed
+        (except *keep*, the input of the layer running now). A tensor changed in place
+        since gets NaN for this step (with one warning), and its site stops being lazy."""
+        pending = []
+        for entry in self._lazy:
+            obs, x, version, st = entry
+            if obs.mean_c is not None:
+                continue
+            if keep is not None and x is keep:
+                pending.append(entry)
+                continue
+            intact = x._version == version
+            if not intact:
+                st.lazy = False
+                if not self._lazy_warned:
+                    self._lazy_warned = True
+                    warnings.warn(
+                        f"normviz: the output of {st.site.layer!r} no longer feeds a norm layer and was changed in "
+                        "place before it could be reduced; its channel mean/variance are NaN for this step",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+            with torch.no_grad():
+                core.complete(obs, x if intact else None, st.site.channel_dim)
+        self._lazy = pending
 
     def _new_site(
         self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None
@@ -601,6 +655,8 @@ class Recorder:
             self._freeze()
         layout = self._layout
         assert layout is not None
+        if self._lazy:
+            self._complete_lazy()
         site_keys = [e.key for e in layout.sites]
         blocks = self._assembler.blocks([self._results.get(k, {}).get(_CORE) for k in site_keys]) if site_keys else None
         if self._writer is None:
@@ -726,8 +782,12 @@ class _ResetCalls:
         self.recorder = weakref.proxy(recorder)
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        self.recorder._calls.clear()
-        self.recorder._seen.clear()
+        # Inlined (no method call through the proxy): torch.compile traces this hook.
+        rec = self.recorder
+        if rec._lazy:
+            rec._complete_lazy()
+        rec._calls.clear()
+        rec._seen.clear()
         return None
 
 

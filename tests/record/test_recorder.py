@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -78,60 +80,66 @@ def _groups(x: np.ndarray, how: str, g: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_site_statistics_equal_float64_reference(case, tmp_path):
+    """Three steps: the first computes every statistic directly; later ones borrow what
+    PyTorch's BatchNorm/GroupNorm/LayerNorm computed and leave the preceding layer's
+    channel moments to it. Every step must equal float64."""
     build, data, cd, groups = CASES[case]
     torch.manual_seed(0)
     model = build()
     norm = model[1]
-    seen = {}
+    seen: list[dict[str, np.ndarray]] = []
 
     def capture(module, args, output):
-        seen.setdefault("input", args[0].detach().clone().double().numpy())
-        seen.setdefault("output", output.detach().clone().double().numpy())
+        seen.append({"input": args[0].detach().clone().double().numpy(), "output": output.detach().clone().double().numpy()})
 
     norm.register_forward_hook(capture)
     gen = torch.Generator().manual_seed(5)
-    x = _batch(data, gen)
     path = tmp_path / "r.h5"
     grads = {}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with normviz.Recorder(model, path, statistics=["sample"]) as rec:
-        opt.zero_grad()
-        model(x).square().mean().backward()
-        for name, p in model.named_parameters():
-            grads[name] = p.grad.detach().clone().double()
-        opt.step()
-        rec.step()
+        for k in range(3):
+            opt.zero_grad()
+            model(_batch(data, gen) * (1 + k)).square().mean().backward()
+            if k == 0:
+                for name, p in model.named_parameters():
+                    grads[name] = p.grad.detach().clone().double()
+            opt.step()
+            rec.step()
     with normviz.open(path) as run:
         layer = run.layers[1]
         assert layer.kind == ("layer" if case == "layer-cf" else case.split("-")[0])
-        for role in ("input", "output"):
-            ref = seen[role]
-            chans = np.moveaxis(ref, cd % ref.ndim, 0).reshape(ref.shape[cd], -1)
-            np.testing.assert_allclose(run.stat("channel_mean", "1", role)[0], chans.mean(1), rtol=1e-4, atol=1e-6)
-            np.testing.assert_allclose(run.stat("channel_var", "1", role)[0], chans.var(1), rtol=1e-4, atol=1e-6)
-            assert run.stat("mean", "1", role)[0] == pytest.approx(ref.mean(), rel=1e-4, abs=1e-6)
-            assert run.stat("std", "1", role)[0] == pytest.approx(ref.std(), rel=1e-4)
-            # a BatchNorm's output extrema are derived from its input's: float32 rounding
-            assert run.stat("min", "1", role)[0] == pytest.approx(ref.min(), rel=1e-5, abs=1e-6)
-            assert run.stat("max", "1", role)[0] == pytest.approx(ref.max(), rel=1e-5, abs=1e-6)
-            assert run.stat("nonfinite", "1", role)[0] == 0
-            assert run.stat("numel", "1", role)[0] == ref.size
-            # normalization groups: percentiles over all groups of their mean and std/RMS
-            rows = _groups(ref, groups)
-            scale = rows.std(1) if not case.startswith("rms") else np.sqrt((rows**2).mean(1))
-            levels = run.layout.group_levels
-            np.testing.assert_allclose(run.stat("group_mean", "1", role)[0], np.percentile(rows.mean(1), levels), rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(run.stat("group_scale", "1", role)[0], np.percentile(scale, levels), rtol=1e-4, atol=1e-5)
-            # percentiles and histogram are exact on the recorded sample
-            sample = run.stat("sample", "1", role)[0].astype(np.float64)
-            assert np.isin(sample.astype(np.float32), ref.astype(np.float32).ravel()).all()
-            np.testing.assert_allclose(run.stat("percentiles", "1", role)[0], np.percentile(sample, run.layout.percentile_levels), rtol=1e-5, atol=1e-6)
-            edges = run.hist_edges("1", role).astype(np.float64)
-            hist = run.stat("hist", "1", role)[0]
-            inner, _ = np.histogram(sample[(sample >= edges[0]) & (sample < edges[-1])], bins=edges)
-            assert hist[0] == np.sum(sample < edges[0]) and hist[-1] == np.sum(sample >= edges[-1])
-            np.testing.assert_array_equal(hist[1:-1], inner)
-            assert hist.sum() == len(sample) == run.layout.sample_size
+        for k, step in enumerate(seen):
+            for layer_name, role, ref in (("0", "output", step["input"]), ("1", "input", step["input"]), ("1", "output", step["output"])):
+                chans = np.moveaxis(ref, cd % ref.ndim, 0).reshape(ref.shape[cd], -1)
+                msg = f"step {k}, {layer_name} {role}"
+                np.testing.assert_allclose(run.stat("channel_mean", layer_name, role)[k], chans.mean(1), rtol=1e-4, atol=1e-6, err_msg=msg)
+                np.testing.assert_allclose(run.stat("channel_var", layer_name, role)[k], chans.var(1), rtol=1e-4, atol=1e-6, err_msg=msg)
+                assert run.stat("mean", layer_name, role)[k] == pytest.approx(ref.mean(), rel=1e-4, abs=1e-6), msg
+                assert run.stat("std", layer_name, role)[k] == pytest.approx(ref.std(), rel=1e-4), msg
+                # a BatchNorm's output extrema are derived from its input's: float32 rounding
+                assert run.stat("min", layer_name, role)[k] == pytest.approx(ref.min(), rel=1e-5, abs=1e-6), msg
+                assert run.stat("max", layer_name, role)[k] == pytest.approx(ref.max(), rel=1e-5, abs=1e-6), msg
+                assert run.stat("nonfinite", layer_name, role)[k] == 0
+                assert run.stat("numel", layer_name, role)[k] == ref.size
+                if layer_name == "0":
+                    continue
+                # normalization groups: percentiles over all groups of their mean and std/RMS
+                rows = _groups(ref, groups)
+                scale = rows.std(1) if not case.startswith("rms") else np.sqrt((rows**2).mean(1))
+                levels = run.layout.group_levels
+                np.testing.assert_allclose(run.stat("group_mean", "1", role)[k], np.percentile(rows.mean(1), levels), rtol=1e-4, atol=1e-5, err_msg=msg)
+                np.testing.assert_allclose(run.stat("group_scale", "1", role)[k], np.percentile(scale, levels), rtol=1e-4, atol=1e-5, err_msg=msg)
+                # percentiles and histogram are exact on the recorded sample
+                sample = run.stat("sample", "1", role)[k].astype(np.float64)
+                assert np.isin(sample.astype(np.float32), ref.astype(np.float32).ravel()).all()
+                np.testing.assert_allclose(run.stat("percentiles", "1", role)[k], np.percentile(sample, run.layout.percentile_levels), rtol=1e-5, atol=1e-6)
+                edges = run.hist_edges("1", role).astype(np.float64)
+                hist = run.stat("hist", "1", role)[k]
+                inner, _ = np.histogram(sample[(sample >= edges[0]) & (sample < edges[-1])], bins=edges)
+                assert hist[0] == np.sum(sample < edges[0]) and hist[-1] == np.sum(sample >= edges[-1])
+                np.testing.assert_array_equal(hist[1:-1], inner)
+                assert hist.sum() == len(sample) == run.layout.sample_size
         # gradients of every layer with parameters
         names, gnorm = run.grad("grad_norm")
         _, gmean = run.grad("grad_abs_mean")
@@ -336,3 +344,55 @@ def test_rows_finished_together_keep_their_own_groups_and_samples(tmp_path):
             assert np.isin(samples[k].astype(np.float32), x.astype(np.float32).ravel()).all()
             np.testing.assert_allclose(pcts[k], np.percentile(samples[k], run.layout.percentile_levels), rtol=1e-5)
             assert run.stat("numel", "1", "input")[k] == x.size
+
+
+class _SometimesNormed(nn.Module):
+    """A model whose BatchNorm runs only while ``use_norm`` is set (a dynamic graph)."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.bn = nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 2, 3)
+        self.use_norm = True
+        self.inplace = inplace
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.use_norm:
+            h = self.bn(h)
+        h = torch.relu_(h) if self.inplace else torch.relu(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_layer_that_stops_feeding_a_norm_is_still_reduced(tmp_path, inplace):
+    """After a recorded step where the conv's output was the BatchNorm's input, the conv
+    leaves its channel moments to the BatchNorm's own statistics; when the BatchNorm
+    does not run, they are computed anyway (or NaN, with a warning, if the tensor was
+    changed in place first)."""
+    torch.manual_seed(0)
+    model = _SometimesNormed(inplace)
+    seen: list[np.ndarray] = []
+    model.conv.register_forward_hook(lambda m, a, o: seen.append(o.detach().double().numpy().copy()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    path = tmp_path / "r.h5"
+    with normviz.Recorder(model, path) as rec:
+        for k in range(4):
+            model.use_norm = k != 2
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                opt.zero_grad()
+                model(torch.randn(4, 3, 7, 7)).square().mean().backward()
+                opt.step()
+                rec.step()
+            messages = [str(w.message) for w in caught]
+            assert len(messages) == (1 if inplace and k == 2 else 0), messages
+    with normviz.open(path) as run:
+        means = run.stat("channel_mean", "conv", "output")
+        for k, ref in enumerate(seen):
+            expected = ref.transpose(1, 0, 2, 3).reshape(6, -1).mean(1)
+            if inplace and k == 2:
+                assert np.isnan(means[k]).all()
+            else:
+                np.testing.assert_allclose(means[k], expected, rtol=1e-4, atol=1e-6, err_msg=f"step {k}")
