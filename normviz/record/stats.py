@@ -60,6 +60,13 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     if flat is not None:
         x, channel_dim = flat, 1
     cd = channel_dim % x.dim()
+    if x.dim() == 2 and cd == 1 and x.dtype == torch.float32 and x.shape[0] > 1:
+        # (values, channels): PyTorch's batch-norm statistics kernel is 1.1-3x faster on CPU
+        # than the shifted sums below and more precise (two passes, wide accumulators).
+        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+        # With eps = 0 the kernel reports a constant channel as invstd 0, not inf.
+        var = torch.where((invstd == 0) & torch.isfinite(mean), 0.0, invstd.reciprocal().square())
+        return mean, var
     dims = reduce_dims(x.dim(), cd)
     index: list[int | slice] = [0] * x.dim()
     index[cd] = slice(None)

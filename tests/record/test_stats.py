@@ -20,6 +20,29 @@ def test_channel_moments_match_float64(shape, cd):
     np.testing.assert_allclose(var.numpy(), ref.var(1), rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape,cd", [((64, 16, 8), -1), ((500, 12), 1), ((64, 16, 8), 1)])
+def test_channel_moments_offset_100_constant_and_nonfinite_channels(shape, cd):
+    """Both paths ((values, channels) matrices through the batch-norm kernel, the rest
+    through shifted sums): |mean|/std = 100 within 1e-4, a constant channel has variance
+    exactly 0, NaN and inf stay visible."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=gen) + 100.0
+    index = [slice(None)] * len(shape)
+    index[cd] = 0
+    x[tuple(index)] = 7.0
+    mean, var = S.channel_moments(x, cd)
+    ref = x.double().movedim(cd % x.dim(), 0).reshape(x.shape[cd], -1).numpy()
+    np.testing.assert_allclose(mean.numpy(), ref.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(var.numpy()[1:], ref.var(1)[1:], rtol=1e-4)
+    assert var[0] == 0 and mean[0] == 7.0
+    index[cd] = 1
+    x[tuple(index)] = float("nan")
+    index[cd] = 2
+    x[tuple(index)] = float("inf")
+    mean, var = S.channel_moments(x, cd)
+    assert torch.isnan(mean[1]) and not torch.isfinite(mean[2]) and torch.isfinite(mean[3:]).all()
+
+
 def test_channel_moments_large_offset_and_bf16():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 16, 8, generator=gen) + 100.0  # |mean|/std = 100: the accuracy bound's edge
