@@ -37,19 +37,26 @@ HOST_FINISHED = ("percentiles", "hist", "nonfinite", "numel", "group_mean", "gro
 
 @dataclass
 class CoreObs:
-    """What a hook keeps of one site for one step (tensors on the site's device).
+    """What a hook keeps of one site for one step (tensors on the site's device)."""
 
-    ``mean_c``/``var_c`` are None while *lazy*: the tensor is expected to be the next
-    norm layer's input, whose own batch statistics will fill them (see :func:`borrow`).
-    """
-
-    mean_c: torch.Tensor | None  # per-channel mean, float32
-    var_c: torch.Tensor | None  # per-channel population variance, float32
+    mean_c: torch.Tensor  # per-channel mean, float32
+    var_c: torch.Tensor  # per-channel population variance, float32
     min_c: torch.Tensor  # per-channel min and max, float32 (a following BatchNorm's output
     max_c: torch.Tensor  # statistics are derived from them)
     sample: torch.Tensor  # [SAMPLE_SIZE] float32
     numel: int
     group: tuple[torch.Tensor, torch.Tensor] | None = None  # per normalization group: mean, scale
+    inst: InstanceMoments | None = None  # per (sample, channel), when a GroupNorm follows
+
+
+@dataclass
+class InstanceMoments:
+    """Moments and extrema of every (sample, channel) of an (N, C, ...) tensor, [N, C] each."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
 
 
 @dataclass
@@ -96,11 +103,7 @@ def borrow(module: torch.nn.Module, x: torch.Tensor, output: torch.Tensor, gen: 
     var = (rstd.reciprocal().square() - float(module.eps)).clamp_min(0.0)  # type: ignore[arg-type]
     if node == "NativeBatchNormBackward0":
         return Borrowed(mean_c=mean, var_c=var)
-    mean, std = mean.reshape(-1), var.sqrt().reshape(-1)
-    if mean.numel() > S.MAX_GROUPS:  # the same bounded summary as the direct computation
-        pick = torch.randint(0, mean.numel(), (S.MAX_GROUPS,), generator=gen, device=mean.device)
-        mean, std = mean.index_select(0, pick), std.index_select(0, pick)
-    return Borrowed(group=(mean, std))
+    return Borrowed(group=_bounded(mean.reshape(-1), var.sqrt().reshape(-1), gen))
 
 
 def observe(
@@ -110,52 +113,109 @@ def observe(
     gen: torch.Generator,
     base: CoreObs | None = None,
     borrowed: Borrowed | None = None,
-    lazy: bool = False,
 ) -> CoreObs:
     """The in-hook part: a few passes over *x* (shifted sums, min/max), a sample, no host sync.
 
     *base* is an observation of the very same tensor made earlier in the step (a
     convolution's output is the next BatchNorm's input): its passes are reused and
     only the normalization groups are added. *borrowed* statistics replace the passes
-    they make unnecessary; *lazy* leaves the channel moments to be filled later.
+    they make unnecessary.
     """
     if x.dim() == 0:
         x = x.reshape(1)
-    have = borrowed is not None and borrowed.mean_c is not None
     if base is None:
-        if have:
-            mean_c, var_c = borrowed.mean_c, borrowed.var_c  # type: ignore[union-attr]
-        elif lazy:
-            mean_c = var_c = None
+        if borrowed is not None and borrowed.mean_c is not None and borrowed.var_c is not None:
+            mean_c, var_c = borrowed.mean_c, borrowed.var_c
         else:
             mean_c, var_c = S.channel_moments(x, channel_dim)
         min_c, max_c = S.channel_extrema(x, channel_dim)
         sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
         base = CoreObs(mean_c, var_c, min_c, max_c, sample, x.numel())
-    elif base.mean_c is None:
-        # The lazily observed tensor: this layer's own statistics, or the passes now.
-        if have:
-            base.mean_c, base.var_c = borrowed.mean_c, borrowed.var_c  # type: ignore[union-attr]
-        else:
-            base.mean_c, base.var_c = S.channel_moments(x, channel_dim)
     group = None
     if spec is not None and spec.group_dims is not None and spec.kind != "none":
         if borrowed is not None and borrowed.group is not None:
             group = borrowed.group
+        elif base.inst is not None and spec.kind == "group" and spec.num_groups:
+            group = groupnorm_input_groups(base, spec.num_groups, gen)
         else:
             group = S.group_moments(x, spec, base.mean_c, base.var_c, gen)
-    return CoreObs(base.mean_c, base.var_c, base.min_c, base.max_c, base.sample, base.numel, group)
+    return CoreObs(base.mean_c, base.var_c, base.min_c, base.max_c, base.sample, base.numel, group, base.inst)
 
 
-def complete(obs: CoreObs, x: torch.Tensor | None, channel_dim: int) -> None:
-    """Fill a lazy observation's channel moments from *x* (or NaN when *x* is gone or changed)."""
-    if obs.mean_c is not None:
-        return
-    if x is None:
-        nan = torch.full_like(obs.min_c, math.nan)
-        obs.mean_c, obs.var_c = nan, nan
-    else:
-        obs.mean_c, obs.var_c = S.channel_moments(x, channel_dim)
+def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
+    """Observe an (N, C, ...) tensor through its per-(sample, channel) moments and extrema.
+
+    Three passes (PyTorch's layer-norm statistics kernel over each (n, c) row, then
+    amin and amax) give the channel statistics by exact pooling, and let a following
+    GroupNorm's input groups and whole output be derived with no pass of their own
+    (:func:`derive_groupnorm_output`). None if *x* is not a contiguous (N, C, ...) float32.
+    """
+    if x.dim() < 3 or x.dtype != torch.float32 or not x.is_contiguous() or x[0, 0].numel() < 2:
+        return None
+    n, c = x.shape[0], x.shape[1]
+    rows = x.view(n * c, -1)
+    _, mean, rstd = torch.native_layer_norm(rows, [rows.shape[1]], None, None, 0.0)
+    mean = mean.view(n, c)
+    var = rstd.view(n, c).reciprocal().square()  # eps = 0: a constant row has rstd inf, var 0
+    inst = InstanceMoments(mean, var, rows.amin(1).view(n, c), rows.amax(1).view(n, c))
+    mean_c, var_c = _pool(inst.mean, inst.var)
+    sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
+    return CoreObs(mean_c, var_c, inst.lo.amin(0), inst.hi.amax(0), sample, x.numel(), inst=inst)
+
+
+def _pool(mean: torch.Tensor, var: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the union of equal-size parts from the parts' means and variances."""
+    pooled = mean.mean(dim)
+    return pooled, (var.mean(dim) + (mean - pooled.unsqueeze(dim)).square().mean(dim)).clamp_min(0.0)
+
+
+def _grouped(inst_mean: torch.Tensor, inst_var: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (sample, group) mean and variance from per (sample, channel) ones: [N, G] each."""
+    n, c = inst_mean.shape
+    return _pool(inst_mean.view(n, groups, c // groups), inst_var.view(n, groups, c // groups), dim=2)
+
+
+def groupnorm_input_groups(obs: CoreObs, groups: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GroupNorm's input groups (mean, std) from the instance moments of its input."""
+    assert obs.inst is not None
+    mean, var = _grouped(obs.inst.mean, obs.inst.var, groups)
+    return _bounded(mean.reshape(-1), var.sqrt().reshape(-1), gen)
+
+
+def _bounded(mean: torch.Tensor, scale: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if mean.numel() > S.MAX_GROUPS:  # the same bounded summary as the direct computation
+        pick = torch.randint(0, mean.numel(), (S.MAX_GROUPS,), generator=gen, device=mean.device)
+        return mean.index_select(0, pick), scale.index_select(0, pick)
+    return mean, scale
+
+
+def derive_groupnorm_output(y: torch.Tensor, inp: CoreObs, module: torch.nn.GroupNorm, gen: torch.Generator) -> CoreObs:
+    """A GroupNorm's output statistics from its input's instance moments, with no pass over *y*.
+
+    Per (n, c), y = a·x + b with a = γ_c / sqrt(σ²_ng + ε) and b = β_c − a·μ_ng, so its
+    mean is a·m + b, its variance a²·v and its extrema the affine images of x's; channel
+    and group statistics follow by pooling. Only the value sample is drawn from *y*.
+    """
+    inst = inp.inst
+    assert inst is not None
+    n, c = inst.mean.shape
+    g = module.num_groups
+    mu, var = _grouped(inst.mean, inst.var, g)
+    rstd = torch.rsqrt(var + module.eps).repeat_interleave(c // g, dim=1)  # [N, C]
+    a = rstd * module.weight.float() if module.weight is not None else rstd
+    b = -a * mu.repeat_interleave(c // g, dim=1)
+    if module.bias is not None:
+        b = b + module.bias.float()
+    mean = torch.addcmul(b, a, inst.mean)
+    var_y = a.square() * inst.var
+    lo_y, hi_y = torch.addcmul(b, a, inst.lo), torch.addcmul(b, a, inst.hi)
+    lo_y, hi_y = torch.minimum(lo_y, hi_y), torch.maximum(lo_y, hi_y)
+    out = InstanceMoments(mean, var_y, lo_y, hi_y)
+    mean_c, var_c = _pool(mean, var_y)
+    g_mean, g_var = _grouped(mean, var_y, g)
+    group = _bounded(g_mean.reshape(-1), g_var.sqrt().reshape(-1), gen)
+    sample = S.draw_sample(y, S.SAMPLE_SIZE, gen)
+    return CoreObs(mean_c, var_c, lo_y.amin(0), hi_y.amax(0), sample, inp.numel, group, out)
 
 
 def derive_batchnorm_output(
@@ -168,7 +228,6 @@ def derive_batchnorm_output(
     its variance γ² σ²_B / (σ²_B + ε), and its channel extrema the affine images of
     the input's. Only the value sample is drawn from *y* itself.
     """
-    assert inp.mean_c is not None and inp.var_c is not None
     scale = torch.rsqrt(inp.var_c + eps)
     if weight is not None:
         scale = scale * weight.float()  # under no_grad

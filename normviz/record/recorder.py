@@ -63,7 +63,7 @@ class _SiteState:
 class _LayerHook:
     """The forward hook of one module. Returns None: a hook's return value replaces the output."""
 
-    __slots__ = ("recorder", "name", "spec", "is_norm", "is_batchnorm", "can_borrow")
+    __slots__ = ("recorder", "name", "spec", "is_norm", "derives", "can_borrow")
 
     def __init__(self, recorder: Recorder, name: str, spec: NormSpec | None, module: nn.Module) -> None:
         self.recorder = recorder
@@ -73,7 +73,11 @@ class _LayerHook:
         # A training-mode BatchNorm's output statistics follow from its input's. Only for
         # PyTorch's own classes: SyncBatchNorm normalizes with statistics of every rank, and
         # a subclass may change forward.
-        self.is_batchnorm = type(module) in _PLAIN_BATCHNORMS and spec is not None and spec.kind == "batch"
+        # So do a GroupNorm's, from its input's per-(sample, channel) moments.
+        self.derives = spec is not None and (
+            (type(module) in _PLAIN_BATCHNORMS and spec.kind == "batch")
+            or (type(module) is nn.GroupNorm and spec.kind == "group")
+        )
         self.can_borrow = type(module) in _BORROWING and spec is not None
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -86,8 +90,8 @@ class _LayerHook:
             with torch.no_grad():
                 x = args[0] if args and isinstance(args[0], torch.Tensor) else None
                 out = _first_tensor(output)
-                if rec._lazy:  # a lazily observed tensor this layer does not normalize: finish it now
-                    rec._complete_lazy(keep=x if self.is_norm else None)
+                if rec._pending:  # left for a norm layer that is not this one: reduce it now
+                    rec._complete_pending(keep=x if self.is_norm else None)
                 obs_in = None
                 if self.is_norm and x is not None:
                     borrowed = None
@@ -95,7 +99,7 @@ class _LayerHook:
                         borrowed = core.borrow(module, x, out, rec._gen(x.device))
                     obs_in = rec._observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed)
                 if out is not None:
-                    derive = obs_in if self.is_batchnorm and module.training else None
+                    derive = obs_in if self.derives and module.training else None
                     rec._observe(self.name, module, "output", call, out, self.spec, derive_from=derive)
             if out is not None and out.requires_grad and torch.is_grad_enabled():
                 out.register_hook(_GradNormHook(rec, f"{self.name}|output|{call}"))
@@ -232,9 +236,9 @@ class Recorder:
         self._calls: dict[str, int] = {}
         self._results: dict[str, dict[str, Any]] = {}
         self._seen: dict[tuple[Any, ...], tuple[Any, core.CoreObs, _SiteState]] = {}
-        # Lazily observed tensors of this step: (observation, tensor, version, site). The
-        # tensor is held (until the next recorded layer runs) so that it can still be reduced.
-        self._lazy: list[tuple[core.CoreObs, torch.Tensor, int, _SiteState]] = []
+        # Tensors of this step left to the norm layer they feed, by id: (site key, tensor,
+        # version, site). Held until the next recorded layer runs, so they can still be reduced.
+        self._pending: dict[int, tuple[str, torch.Tensor, int, _SiteState]] = {}
         self._lazy_warned = False
         self._sites: dict[str, _SiteState] = {}
         self._layout: Layout | None = None
@@ -288,7 +292,7 @@ class Recorder:
         self._armed = self._step % self.every == 0
         self._results.clear()
         self._seen.clear()
-        self._lazy.clear()
+        self._pending.clear()
         self._calls.clear()
         self._grads.reset()
 
@@ -299,8 +303,8 @@ class Recorder:
         self._new_forward()
 
     def _new_forward(self) -> None:
-        if self._lazy:
-            self._complete_lazy()
+        if self._pending:
+            self._complete_pending()
         self._calls.clear()
         self._seen.clear()
 
@@ -374,19 +378,29 @@ class Recorder:
         ident = (id(x), x._version, x.shape, x.dtype, st.site.channel_dim)
         hit = self._seen.get(ident)
         base = hit[1] if hit is not None and hit[0]() is x else None
-        if base is not None and borrowed is not None and borrowed.mean_c is not None and spec is not None:
-            hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
         gen = self._gen(x.device)
+        if spec is not None and role == "input":
+            if base is None and self._pending:
+                base = self._claim(x, ident, st, module, borrowed, gen)
+            elif base is not None and _can_claim(module, x, borrowed):
+                hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
+            if base is None and type(module) is nn.GroupNorm:
+                base = core.observe_instances(x, gen)
+                if base is not None:
+                    self._seen[ident] = (weakref.ref(x), base, st)
+        elif st.lazy and base is None and not st.extras:
+            # Left to the norm layer this tensor feeds (see _claim); reduced anyway if none claims it.
+            self._pending[id(x)] = (key, x, x._version, st)
+            return None
         out: dict[str, Any] = self._results.setdefault(key, {})
-        if derive_from is not None and derive_from.min_c is not None and base is None:
+        if derive_from is not None and base is None and type(module) in _PLAIN_BATCHNORMS:
             obs = core.derive_batchnorm_output(
                 x, derive_from, getattr(module, "weight", None), getattr(module, "bias", None), module.eps, gen
             )
+        elif derive_from is not None and base is None and derive_from.inst is not None:
+            obs = core.derive_groupnorm_output(x, derive_from, module, gen)  # type: ignore[arg-type]
         else:
-            lazy = st.lazy and base is None and spec is None and not st.extras
-            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed, lazy=lazy)
-            if lazy:
-                self._lazy.append((obs, x, x._version, st))
+            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed)
         out[_CORE] = obs
         if base is None:
             self._seen[ident] = (weakref.ref(x), obs, st)
@@ -411,32 +425,53 @@ class Recorder:
                 )
         return obs
 
-    def _complete_lazy(self, keep: torch.Tensor | None = None) -> None:
-        """Compute the channel moments of lazily observed tensors no norm layer claimed
-        (except *keep*, the input of the layer running now). A tensor changed in place
-        since gets NaN for this step (with one warning), and its site stops being lazy."""
-        pending = []
-        for entry in self._lazy:
-            obs, x, version, st = entry
-            if obs.mean_c is not None:
-                continue
+    def _claim(
+        self, x: torch.Tensor, ident: tuple[Any, ...], st: _SiteState, module: nn.Module,
+        borrowed: core.Borrowed | None, gen: torch.Generator,
+    ) -> core.CoreObs | None:
+        """Observe a norm layer's input that the previous layer left pending, for both sites:
+        with the norm's own batch statistics (BatchNorm), or through per-(sample, channel)
+        moments its output can be derived from (GroupNorm)."""
+        entry = self._pending.pop(id(x), None)
+        if entry is None:
+            return None
+        key, pending_x, version, pending_st = entry
+        if pending_x is not x or version != x._version or pending_st.site.channel_dim != st.site.channel_dim:
+            self._pending[id(x)] = entry  # not this tensor after all: reduced by _complete_pending
+            return None
+        base = None
+        if type(module) is nn.GroupNorm:
+            base = core.observe_instances(x, gen)
+        if base is None:
+            base = core.observe(x, st.site.channel_dim, None, gen, borrowed=borrowed)
+        self._results.setdefault(key, {})[_CORE] = base
+        self._seen[ident] = (weakref.ref(x), base, pending_st)
+        return base
+
+    def _complete_pending(self, keep: torch.Tensor | None = None) -> None:
+        """Reduce the pending tensors no norm layer claimed (except *keep*, the input of the
+        layer running now). A tensor changed in place since gets NaN for this step (with
+        one warning), and its site stops being left to a norm layer."""
+        kept = {}
+        for ident, (key, x, version, st) in self._pending.items():
             if keep is not None and x is keep:
-                pending.append(entry)
+                kept[ident] = (key, x, version, st)
                 continue
-            intact = x._version == version
-            if not intact:
-                st.lazy = False
+            st.lazy = False
+            if x._version != version:
                 if not self._lazy_warned:
                     self._lazy_warned = True
                     warnings.warn(
                         f"normviz: the output of {st.site.layer!r} no longer feeds a norm layer and was changed in "
-                        "place before it could be reduced; its channel mean/variance are NaN for this step",
+                        "place before it could be reduced; its statistics are NaN for this step",
                         RuntimeWarning,
                         stacklevel=3,
                     )
+                continue
             with torch.no_grad():
-                core.complete(obs, x if intact else None, st.site.channel_dim)
-        self._lazy = pending
+                obs = core.observe(x, st.site.channel_dim, None, self._gen(x.device))
+            self._results.setdefault(key, {})[_CORE] = obs
+        self._pending = kept
 
     def _new_site(
         self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None
@@ -655,8 +690,8 @@ class Recorder:
             self._freeze()
         layout = self._layout
         assert layout is not None
-        if self._lazy:
-            self._complete_lazy()
+        if self._pending:
+            self._complete_pending()
         site_keys = [e.key for e in layout.sites]
         blocks = self._assembler.blocks([self._results.get(k, {}).get(_CORE) for k in site_keys]) if site_keys else None
         if self._writer is None:
@@ -784,8 +819,8 @@ class _ResetCalls:
     def __call__(self, module: nn.Module, args: Any) -> None:
         # Inlined (no method call through the proxy): torch.compile traces this hook.
         rec = self.recorder
-        if rec._lazy:
-            rec._complete_lazy()
+        if rec._pending:
+            rec._complete_pending()
         rec._calls.clear()
         rec._seen.clear()
         return None
@@ -825,6 +860,13 @@ class _ModulePlan:
             if t is None or t.numel() != n or t.dtype != self.dtype or t.device != self.device:
                 return False
         return True
+
+
+def _can_claim(module: nn.Module, x: torch.Tensor, borrowed: core.Borrowed | None) -> bool:
+    """Whether this norm layer can observe its input for the layer that produced it too."""
+    if type(module) is nn.GroupNorm:
+        return x.dim() >= 3 and x.dtype == torch.float32 and x.is_contiguous()
+    return borrowed is not None and borrowed.mean_c is not None
 
 
 def _module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:

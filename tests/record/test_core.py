@@ -120,3 +120,44 @@ def test_batchnorm_output_derived_equals_observed():
         np.testing.assert_allclose(getattr(derived, field).numpy(), getattr(direct, field).numpy(), rtol=1e-4, atol=1e-5, err_msg=field)
     for a, b in zip(derived.group, direct.group):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_groupnorm_output_derived_equals_observed():
+    torch.manual_seed(0)
+    gn = torch.nn.GroupNorm(3, 6)
+    with torch.no_grad():
+        gn.weight.copy_(torch.tensor([1.5, -0.5, 2.0, 0.1, 1.0, -3.0]))
+        gn.bias.copy_(torch.tensor([0.3, -1.0, 0.0, 2.0, 0.5, 1.0]))
+    x = torch.randn(4, 6, 5, 5) * 3 + 7
+    x[1, 2] = 4.0  # a constant (sample, channel): variance 0
+    y = gn(x).detach()
+    spec = NormSpec("group", 1, "group", num_groups=3)
+    with torch.no_grad():
+        inp = core.observe_instances(x, torch.Generator())
+        derived = core.derive_groupnorm_output(y, inp, gn, torch.Generator())
+    direct_in = core.observe(x, 1, spec, torch.Generator())
+    direct = core.observe(y, 1, spec, torch.Generator())
+    for field in ("mean_c", "var_c", "min_c", "max_c"):
+        np.testing.assert_allclose(getattr(inp, field).numpy(), getattr(direct_in, field).numpy(), rtol=1e-5, atol=1e-5, err_msg=field)
+        np.testing.assert_allclose(getattr(derived, field).numpy(), getattr(direct, field).numpy(), rtol=1e-4, atol=1e-5, err_msg=field)
+    for a, b in zip(derived.group, direct.group):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    for a, b in zip(core.groupnorm_input_groups(inp, 3, torch.Generator()), direct_in.group):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_borrowed_statistics_are_the_layers_own():
+    x = torch.randn(8, 4, 5, 5) * 2 + 3
+    for module in (torch.nn.BatchNorm2d(4), torch.nn.GroupNorm(2, 4), torch.nn.LayerNorm([5])):
+        y = module(x.requires_grad_())
+        got = core.borrow(module, x, y, torch.Generator())
+        assert got is not None
+        with torch.no_grad():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                ref = core.observe(x.detach(), 1, None, torch.Generator())
+                np.testing.assert_allclose(got.var_c.numpy(), ref.var_c.numpy(), rtol=1e-5)
+            else:
+                rows = x.detach().reshape(16, -1) if isinstance(module, torch.nn.GroupNorm) else x.detach().reshape(-1, 5)
+                np.testing.assert_allclose(got.group[1].numpy(), rows.double().std(1, unbiased=False).numpy(), rtol=1e-5)
+        assert core.borrow(module, x.detach().clone(), y, torch.Generator()) is None  # not the layer's input
+    assert core.borrow(torch.nn.BatchNorm2d(4), x, x * 2, torch.Generator()) is None
