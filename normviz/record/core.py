@@ -145,8 +145,7 @@ def observe(
 def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
     """Observe an (N, C, ...) tensor through its per-(sample, channel) moments and extrema.
 
-    Three passes (PyTorch's layer-norm statistics kernel over each (n, c) row, then
-    amin and amax) give the channel statistics by exact pooling, and let a following
+    Shifted sums and amin/amax along each (n, c) row give the channel statistics by exact pooling, and let a following
     GroupNorm's input groups and whole output be derived with no pass of their own
     (:func:`derive_groupnorm_output`). None if *x* is not a contiguous (N, C, ...) float32.
     """
@@ -154,10 +153,8 @@ def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
         return None
     n, c = x.shape[0], x.shape[1]
     rows = x.view(n * c, -1)
-    _, mean, rstd = torch.native_layer_norm(rows, [rows.shape[1]], None, None, 0.0)
-    mean = mean.view(n, c)
-    var = rstd.view(n, c).reciprocal().square()  # eps = 0: a constant row has rstd inf, var 0
-    inst = InstanceMoments(mean, var, rows.amin(1).view(n, c), rows.amax(1).view(n, c))
+    mean, var = S.channel_moments(rows, 0)  # shifted sums along contiguous rows: the fastest here
+    inst = InstanceMoments(mean.view(n, c), var.view(n, c), rows.amin(1).view(n, c), rows.amax(1).view(n, c))
     mean_c, var_c = _pool(inst.mean, inst.var)
     sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
     return CoreObs(mean_c, var_c, inst.lo.amin(0), inst.hi.amax(0), sample, x.numel(), inst=inst)
