@@ -718,7 +718,7 @@ class Recorder:
                         t = self._nan_fill(w, st.vec, device)
                     else:
                         device = t.device if device is None else device
-                    parts[st.vec].append(t.reshape(-1))
+                    parts[st.vec].append(t if t.dim() == 1 else t.reshape(-1))
             elif st.group == schema.MODULE:
                 parts["f4"].append(self._module_block(st, device))
             elif st.group == schema.GRAD:
@@ -732,7 +732,9 @@ class Recorder:
             if not items:
                 vectors[vec] = torch.zeros(0, dtype=dtype)
                 continue
-            vectors[vec] = torch.cat([t.to(device=target, dtype=dtype) for t in items])
+            vectors[vec] = torch.cat(
+                [t if t.dtype == dtype and t.device == target else t.to(device=target, dtype=dtype) for t in items]
+            )
         event = None
         if target.type == "cuda":
             host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in vectors.items()}
@@ -744,8 +746,9 @@ class Recorder:
         else:
             vectors = {k: v.cpu() for k, v in vectors.items()}
         finish_args = (blocks.group_sizes, blocks.numel) if blocks is not None else ([], [])
-        self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args)
-        self._send_scalars()
+        self._writer.write_row(
+            step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args, self._take_scalars()
+        )
 
     def _module_block(self, st: StatEntry, device: torch.device | None) -> torch.Tensor:
         """One module statistic (e.g. every norm's running_var) of all its layers, float32, thinned.
@@ -787,6 +790,11 @@ class Recorder:
     def _send_scalars(self) -> None:
         if self._writer is None or not self._pending_scalars:
             return
+        self._writer.write_scalars(self._take_scalars())
+
+    def _take_scalars(self) -> list[tuple[int, dict[str, float]]]:
+        """The pending steps' scalars as host floats: device tensors copied in one batch,
+        CPU tensors read directly (no device to wait for)."""
         tensors: list[torch.Tensor] = []
         where: list[tuple[int, str]] = []
         rows: list[tuple[int, dict[str, float]]] = []
@@ -795,6 +803,9 @@ class Recorder:
             for name, value in values.items():
                 if isinstance(value, torch.Tensor):
                     if value.numel() != 1:
+                        continue
+                    if value.device.type == "cpu":
+                        row[name] = float(value.detach().reshape(()).item())
                         continue
                     tensors.append(value.detach().reshape(()).to(torch.float64))
                     where.append((i, name))
@@ -811,7 +822,7 @@ class Recorder:
             for (i, name), v in zip(where, values):
                 rows[i][1][name] = v
         self._pending_scalars.clear()
-        self._writer.write_scalars(rows)
+        return rows
 
 
 class _ResetCalls:

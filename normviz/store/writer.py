@@ -125,11 +125,18 @@ class RunWriter:
         self._put(("open", (layout, hist_edges)))
 
     def write_row(
-        self, step: int, wall_time: float, f4: Any, f8: Any, event: Any = None, finish_args: tuple[Any, ...] = ()
+        self,
+        step: int,
+        wall_time: float,
+        f4: Any,
+        f8: Any,
+        event: Any = None,
+        finish_args: tuple[Any, ...] = (),
+        scalars: list[tuple[int, dict[str, float]]] | None = None,
     ) -> None:
         """Queue one recorded step (CPU tensors or arrays; *event* guards a pending copy;
-        *finish_args* go to ``finish``)."""
-        self._put(("row", (step, wall_time, f4, f8, event, finish_args)))
+        *finish_args* go to ``finish``), with the *scalars* of the steps up to it."""
+        self._put(("row", (step, wall_time, f4, f8, event, finish_args, scalars or [])))
 
     def write_scalars(self, rows: list[tuple[int, dict[str, float]]], event: Any = None) -> None:
         """Queue scalars for several training steps."""
@@ -216,18 +223,17 @@ class RunWriter:
         if kind == "open":
             self._create(*payload)
         elif kind == "row":
-            step, wall, f4, f8, event, finish_args = payload
+            step, wall, f4, f8, event, finish_args, scalars = payload
             if event is not None:
                 event.synchronize()
             self._rows.append((step, wall, _as_numpy(f4), _as_numpy(f8), finish_args))
+            self._add_scalars(scalars)
             self._last_step = step
         elif kind == "scalars":
             rows, event = payload
             if event is not None:
                 event.synchronize()
-            self._scalar_rows.extend(rows)
-            if rows:
-                self._steps_seen = max(self._steps_seen, rows[-1][0] + 1)
+            self._add_scalars(rows)
         if kind == "flush":
             if self._file is not None and (self._rows or self._scalar_rows):
                 self._flush(clean=False)
@@ -246,6 +252,11 @@ class RunWriter:
         ) or time.monotonic() - self._last_flush >= self.flush_secs
         if self._file is not None and due and (self._rows or self._scalar_rows):
             self._flush(clean=False)
+
+    def _add_scalars(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        self._scalar_rows.extend(rows)
+        if rows:
+            self._steps_seen = max(self._steps_seen, rows[-1][0] + 1)
 
     def _create(self, layout: Layout, hist_edges: Any) -> None:
         self._layout = layout
