@@ -21,16 +21,29 @@ if TYPE_CHECKING:
     from normviz.record.recorder import Recorder
 
 
-def _norms(tensors: list[torch.Tensor], order: float) -> torch.Tensor:
-    """Per-tensor vector norms in float32, batched with ``_foreach_norm`` where it exists.
+_DOT_MIN = 1 << 14  # from this size on, a BLAS dot beats _foreach_norm on CPU (~1.5x)
 
-    Only the L2 norm goes through here: on CPU ``_foreach_norm`` is fast for it and 5-15x
-    slower than ``abs().sum()`` / ``abs().amax()`` for the L1 and max norms.
-    """
-    try:
-        return torch.stack(torch._foreach_norm(tensors, order, dtype=torch.float32))
-    except (AttributeError, RuntimeError, TypeError):
-        return torch.stack([torch.linalg.vector_norm(t, order, dtype=torch.float32) for t in tensors])
+
+def _sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor squared L2 norms, float32: a dot product for large contiguous float32
+    tensors, one ``_foreach_norm`` for the others."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    small = []
+    for i, t in enumerate(tensors):
+        if t.dtype == torch.float32 and t.numel() >= _DOT_MIN and t.is_contiguous():
+            flat = t.view(-1)
+            out[i] = torch.dot(flat, flat)
+        else:
+            small.append(i)
+    if small:
+        try:
+            norms = torch._foreach_norm([tensors[i] for i in small], 2.0, dtype=torch.float32)
+            squares = torch._foreach_mul(norms, norms)
+        except (AttributeError, RuntimeError, TypeError):
+            squares = [torch.linalg.vector_norm(tensors[i], dtype=torch.float32).square() for i in small]
+        for i, sq in zip(small, squares):
+            out[i] = sq
+    return torch.stack(out)  # type: ignore[arg-type]
 
 
 def _abs_sum_max(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +142,7 @@ class GradientTracker:
             with torch.no_grad():
                 self._snapshot = self._copy_weights()
                 if self._closure:  # the gradients do not exist yet: the closure computes them
-                    w_sq = _norms(self._params, 2.0).square()
+                    w_sq = _sq_norms(self._params)
                     device = self._params[0].device
                     self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(
                         0, self._owner_t(device), w_sq
@@ -152,7 +165,7 @@ class GradientTracker:
             with torch.no_grad():
                 deltas = self._snapshot
                 torch._foreach_sub_(deltas, self._params)  # old - new, in place
-                sq = _norms(deltas, 2.0).square()
+                sq = _sq_norms(deltas)
                 layer_sq = torch.zeros(self.n_layers, device=sq.device).index_add_(0, self._owner_t(sq.device), sq)
                 self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
             self._snapshot = None
@@ -198,14 +211,14 @@ class GradientTracker:
             present = [i for i, p in enumerate(self._params) if p.grad is not None]
             device = self._params[0].device
             owner = self._owner_t(device)
-            w_sq = _norms(self._params, 2.0).square()
+            w_sq = _sq_norms(self._params)
             self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(0, owner, w_sq).sqrt()
             self._result = {"weight_norm": self._weight_norm}
             if not present:
                 return
             grads = [self._params[i].grad for i in present]
             sub_owner, have, count = self._present_index(tuple(present), device)
-            l2 = _norms(grads, 2.0).square()
+            l2 = _sq_norms(grads)
             l1, linf = _abs_sum_max(grads)
             zeros = torch.zeros(self.n_layers, device=device)
             nan = torch.full_like(zeros, math.nan)
