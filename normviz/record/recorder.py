@@ -245,7 +245,7 @@ class Recorder:
         # Tensors of this step left to the norm layer they feed, by id: (site key, tensor,
         # version, site). Held until the next recorded layer runs, so they can still be reduced.
         self._pending: dict[int, tuple[str, torch.Tensor, int, _SiteState]] = {}
-        self._lazy_warned = False
+        self._pending_warned = False
         self._sites: dict[str, _SiteState] = {}
         self._layout: Layout | None = None
         self._writer: RunWriter | None = None
@@ -456,8 +456,9 @@ class Recorder:
 
     def _complete_pending(self, keep: torch.Tensor | None = None) -> None:
         """Reduce the pending tensors no norm layer claimed (except *keep*, the input of the
-        layer running now). A tensor changed in place since gets NaN for this step (with
-        one warning), and its site stops being left to a norm layer."""
+        layer running now); their sites stop being left to a norm layer until one claims
+        their tensor again. A tensor changed in place since gets NaN for this step (with one
+        warning)."""
         kept = {}
         for ident, (key, x, version, st) in self._pending.items():
             if keep is not None and x is keep:
@@ -465,8 +466,8 @@ class Recorder:
                 continue
             st.lazy = False
             if x._version != version:
-                if not self._lazy_warned:
-                    self._lazy_warned = True
+                if not self._pending_warned:
+                    self._pending_warned = True
                     warnings.warn(
                         f"normviz: the output of {st.site.layer!r} no longer feeds a norm layer and was changed in "
                         "place before it could be reduced; its statistics are NaN for this step",
