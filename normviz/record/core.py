@@ -155,21 +155,15 @@ def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
     rows = x.view(n * c, -1)
     mean, var = S.channel_moments(rows, 0)  # shifted sums along contiguous rows: the fastest here
     inst = InstanceMoments(mean.view(n, c), var.view(n, c), rows.amin(1).view(n, c), rows.amax(1).view(n, c))
-    mean_c, var_c = _pool(inst.mean, inst.var)
+    mean_c, var_c = S.pool(inst.mean, inst.var)
     sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
     return CoreObs(mean_c, var_c, inst.lo.amin(0), inst.hi.amax(0), sample, x.numel(), inst=inst)
-
-
-def _pool(mean: torch.Tensor, var: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of the union of equal-size parts from the parts' means and variances."""
-    pooled = mean.mean(dim)
-    return pooled, (var.mean(dim) + (mean - pooled.unsqueeze(dim)).square().mean(dim)).clamp_min(0.0)
 
 
 def _grouped(inst_mean: torch.Tensor, inst_var: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (sample, group) mean and variance from per (sample, channel) ones: [N, G] each."""
     n, c = inst_mean.shape
-    return _pool(inst_mean.view(n, groups, c // groups), inst_var.view(n, groups, c // groups), dim=2)
+    return S.pool(inst_mean.view(n, groups, c // groups), inst_var.view(n, groups, c // groups), dim=2)
 
 
 def groupnorm_input_groups(obs: CoreObs, groups: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +202,7 @@ def derive_groupnorm_output(y: torch.Tensor, inp: CoreObs, module: torch.nn.Grou
     lo_y, hi_y = torch.addcmul(b, a, inst.lo), torch.addcmul(b, a, inst.hi)
     lo_y, hi_y = torch.minimum(lo_y, hi_y), torch.maximum(lo_y, hi_y)
     out = InstanceMoments(mean, var_y, lo_y, hi_y)
-    mean_c, var_c = _pool(mean, var_y)
+    mean_c, var_c = S.pool(mean, var_y)
     g_mean, g_var = _grouped(mean, var_y, g)
     group = _bounded(g_mean.reshape(-1), g_var.sqrt().reshape(-1), gen)
     sample = S.draw_sample(y, S.SAMPLE_SIZE, gen)

@@ -103,11 +103,17 @@ def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     return x.amin(dims).float(), x.amax(dims).float()
 
 
+def pool(mean: torch.Tensor, var: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the union of equal-size parts from the parts' means and
+    variances along *dim* (the spread of the means is added, never cancelled)."""
+    pooled = mean.mean(dim)
+    return pooled, (var.mean(dim) + (mean - pooled.unsqueeze(dim)).square().mean(dim)).clamp_min(0.0)
+
+
 def pooled_moments(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Global mean and std from per-channel moments of equal-size channels."""
-    mean = mean_c.mean()
-    var = var_c.mean() + (mean_c - mean).square().mean()
-    return mean, var.clamp_min(0.0).sqrt()
+    mean, var = pool(mean_c.reshape(-1), var_c.reshape(-1))
+    return mean, var.sqrt()
 
 
 def draw_sample(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
