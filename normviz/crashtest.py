@@ -6,6 +6,7 @@ Used by the crash tests and by ``benchmarks/stress_kill.py``. POSIX only.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,9 +37,13 @@ while True:
     rec.step(loss=loss)
     if step % 5 == 0:
         rec.flush()
-        print("flushed", step, flush=True)
+        # One write per line: a kill can still cut it, but never between the word and the number.
+        sys.stdout.write(f"flushed {step}\n"); sys.stdout.flush()
     step += 1
 """
+
+
+_FLUSHED = re.compile(r"flushed (\d+)\n")
 
 
 @dataclass
@@ -71,16 +76,24 @@ def kill_recorder(folder: Path, name: str, delay: float, every: int = 1, timeout
         line = proc.stdout.readline()
         if not line:
             break
-        if line.startswith("flushed"):
-            flushed = int(line.split()[1])
+        step = _flushed_step(line)
+        if step is not None:
+            flushed = step
             break
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     rest, _ = proc.communicate()
-    for line in rest.splitlines():
-        if line.startswith("flushed"):
-            flushed = int(line.split()[1])
+    for line in rest.splitlines(keepends=True):
+        step = _flushed_step(line)
+        if step is not None:
+            flushed = step
     return check_killed_run(path, flushed, every)
+
+
+def _flushed_step(line: str) -> int | None:
+    """The step of a complete "flushed N" line; None for other output or a line the kill cut short."""
+    match = _FLUSHED.fullmatch(line)
+    return int(match.group(1)) if match else None
 
 
 def check_killed_run(path: Path, flushed: int, every: int) -> KillResult:

@@ -12,7 +12,15 @@ import time
 import pytest
 
 import normviz
-from normviz.crashtest import kill_recorder
+from normviz.crashtest import _flushed_step, kill_recorder
+
+
+def test_a_flush_line_cut_by_the_kill_does_not_count():
+    # The kill can land mid-line; only a whole "flushed N" line says step N reached the file.
+    assert _flushed_step("flushed 15\n") == 15
+    assert _flushed_step("flushed 1") is None
+    assert _flushed_step("flushed") is None
+    assert _flushed_step("flushed \n") is None
 
 
 @pytest.mark.parametrize("seed", range(4))
