@@ -36,6 +36,7 @@ layer are left out of rows 1 and 2.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,25 @@ def _affine_reference(ax: Any, run: Any, layer: str, stat: str, row: int, x: flo
     return [float(v) for v in values]
 
 
+def _not_recorded(exc: MissingDataError, stat: str) -> bool:
+    """The run lacks *stat* altogether (as opposed to this site lacking it)."""
+    return stat in str(exc) and "not recorded in this run" in str(exc)
+
+
+def _has_groups(run: Any, layer: str, rows: Sequence[int]) -> bool:
+    """Whether *layer* recorded a finite group summary (input or output) at any of *rows*
+    (a run that went non-finite later still gets its box, and says so)."""
+    for role in ("input", "output"):
+        try:
+            if any(np.isfinite(run.stat("group_mean", layer, role, steps=slice(r, r + 1))).any() for r in rows):
+                return True
+        except MissingDataError as exc:
+            if _not_recorded(exc, "group_mean"):
+                raise
+            continue
+    return False
+
+
 def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: dict[int, int],
                  by_layer: bool) -> list[float]:
     """One input/output box pair per entry, labelled by run, or by layer and kind (``by_layer``)."""
@@ -160,7 +180,7 @@ def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: d
             try:
                 q = run.stat(stat, layer, role, steps=slice(row_of[id(run)], row_of[id(run)] + 1))[0]
             except MissingDataError as exc:
-                if stat in str(exc) and "not recorded in this run" in str(exc):
+                if _not_recorded(exc, stat):
                     raise
                 continue
             if not np.all(np.isfinite(q)):
@@ -238,8 +258,10 @@ def draw(
     picks = {id(run): _rows_at(run, windows[id(run)], at) for run, _ in plan}
     bn = next(((run, layer) for run, layer in plan if {lay.name: lay.kind for lay in run.layers}[layer] == "batch"
                and "running_mean" in run.statistics.get("module", [])), None)
+    # Layers whose kind normalizes no group (DyT, say) record empty summaries: no box for them.
     groups = [(run, layer, looks[id(run)]) for run, layer in {(id(r), lay): (r, lay) for r, lay in plan}.values()
-              if any(s.layer == layer and s.kind not in (None, "none") for s in run.sites)]
+              if any(s.layer == layer and s.kind not in (None, "none") for s in run.sites)
+              and _has_groups(run, layer, picks[id(run)])]
     heights = [0.42] * len(plan) + ([0.55] if groups else []) + ([0.5] if bn else [])
     common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.15)
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)

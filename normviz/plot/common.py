@@ -446,7 +446,25 @@ def figure_title(fig: Figure, what: str, runs: Sequence[Any]) -> None:
     kinds = {r.norm_kind for r in runs}
     if len(kinds) == 1:
         parts.append(kind_name(next(iter(kinds))))
-    fig.suptitle(" · ".join(parts), fontsize="medium")
+    fig.suptitle(wrap_title(parts, fig.get_figwidth() * 72 * 0.96), fontsize="medium")
+
+
+def wrap_title(parts: Sequence[str], width_pt: float, size: float | str = "medium") -> str:
+    """*parts* joined by " · ", broken into lines (between parts) that fit *width_pt*.
+
+    Layer and experiment names make titles of any length; on a one-column paper
+    figure a single line ran off both edges of the page.
+    """
+    from matplotlib.font_manager import FontProperties
+
+    points = FontProperties(size=size).get_size_in_points()
+    lines: list[str] = []
+    for part in parts:
+        if lines and _text_width(f"{lines[-1]} · {part}", points) <= width_pt:
+            lines[-1] = f"{lines[-1]} · {part}"
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def focus_layer(runs: Sequence[Any], layers: str | None = None, *, deepest: bool = False) -> str | None:

@@ -159,3 +159,22 @@ def test_unknown_style_lists_valid_names():
             call()
         message = str(info.value)
         assert all(name in message for name in STYLES)
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_long_figure_titles_wrap_between_parts_inside_the_figure(name):
+    from normviz.plot.common import _text_width, wrap_title
+
+    parts = ["channels and groups of layer encoder.layers.11.attention.output.norm", "a-long-experiment-name", "Group"]
+    with style_context(name):
+        fig = new_figure(name)
+        width = fig.get_figwidth() * 72
+        title = wrap_title(parts, width)
+        size = matplotlib.font_manager.FontProperties(size="medium").get_size_in_points()
+        lines = title.split("\n")
+        assert title.replace("\n", " · ") == " · ".join(parts)  # broken between parts only
+        assert (len(lines) > 1) == (_text_width(" · ".join(parts), size) > width)
+        for line in lines:
+            # A part longer than the width stays whole on its own line; every joined line fits.
+            assert _text_width(line, size) <= width or line in parts
+    assert wrap_title(["a", "b"], 1000.0) == "a · b"

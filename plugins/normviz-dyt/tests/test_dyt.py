@@ -329,3 +329,13 @@ def test_dyt_and_layernorm_models_train_and_plot(runs, tmp_path, capsys):
     for name in ("covariate-shift", "channels", "gradient-flow", "histograms", "loss"):
         assert (out / f"{EXPERIMENT}-{name}.png").is_file(), stderr
     assert "skipped" not in stderr and "failed" not in stderr
+
+
+def test_channels_figure_draws_group_boxes_only_for_kinds_with_groups(runs):
+    # DyT normalizes no group: its summaries are empty, so only the LayerNorm run gets boxes.
+    fig = normviz.plot([runs["dyt"], runs["layer"]], "channels")
+    group_axes = [ax for ax in fig.axes if ax.get_title(loc="left").startswith("group ")]
+    assert len(group_axes) == 2
+    for ax in group_axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["layer"]
+        assert len(ax.patches) == 2  # the input and the output box
