@@ -212,6 +212,7 @@ def plot(
     if style not in STYLES:
         raise NormvizError(f"--style: unknown style {style!r}; known: {', '.join(STYLES)}")
     steps = parse_steps(steps_range) if steps_range else None
+    runs = _run_args(runs)  # resolved once: --follow rescans the same folders
     paths, name = _collect_runs(runs)
     host = get_plugin_host()
     known = host.renderers()
@@ -236,9 +237,9 @@ def plot(
     try:
         for p in paths:
             opened.append(open_run(p))
-        n = len(group_runs(merge_ranks(opened))) * len(wanted or known)
 
         def draw() -> Any:
+            n = len(group_runs(merge_ranks(opened))) * len(wanted or known)
             with _progress(n, "plotting", quiet) as bar:
                 return render_to_files(
                     opened, out_dir, renderers=wanted, formats=fmts, style=style, layers=layers, steps=steps,
@@ -247,7 +248,7 @@ def plot(
 
         report = draw()
         if follow:
-            report = _follow(opened, draw, report, interval)
+            report = _follow(opened, draw, report, interval, lambda: _collect_runs(runs)[0])
     finally:
         for run in opened:
             run.close()
@@ -266,10 +267,31 @@ def plot(
         raise _Failed("no figure was written: the requested renderers lack the data they need")
 
 
-def _follow(opened: list[Any], draw: Any, report: Any, interval: float) -> Any:
+def _follow(opened: list[Any], draw: Any, report: Any, interval: float, rescan: Any) -> Any:
     """``plot --follow``: redraw every ``interval`` seconds with the rows published since,
-    until Ctrl-C or until every run was closed cleanly (then one last drawing)."""
+    until Ctrl-C or until every run was closed cleanly (then one last drawing).
+
+    Run files that appear meanwhile in the folders plotted (a torchrun rank that started
+    late, the next run of a sweep) join the drawing; ``rescan()`` lists the current files.
+    """
     import time
+
+    from normviz.store.reader import open_run
+
+    def join_new_files() -> None:
+        known = {Path(run.path).resolve() for run in opened}
+        try:
+            paths = rescan()
+        except NormvizError:
+            return
+        for path in paths:
+            if path.resolve() in known:
+                continue
+            try:
+                opened.append(open_run(path))
+            except NormvizError:
+                continue  # not a readable run yet (or never): tried again at the next redraw
+            click.echo(f"normviz: following {path} too", err=True)
 
     try:
         while True:
@@ -283,6 +305,7 @@ def _follow(opened: list[Any], draw: Any, report: Any, interval: float) -> Any:
             time.sleep(interval)
             for run in opened:
                 run.refresh()
+            join_new_files()
             report = draw()
     except KeyboardInterrupt:
         click.echo("normviz: stopped following", err=True)
@@ -297,13 +320,7 @@ def _writable(folder: Path) -> bool:
 
 def _collect_runs(args: Sequence[str]) -> tuple[list[Path], str]:
     """Run files named directly or found in folders; default: the newest run folder."""
-    if not args:
-        if not RUNS_DIR.is_dir():
-            raise NormvizError(f"no runs: {RUNS_DIR}/ does not exist (run `normviz record` first, or name runs)")
-        folders = sorted((p for p in RUNS_DIR.iterdir() if p.is_dir() and any(p.glob("*.h5"))), key=lambda p: p.name)
-        if not folders:
-            raise NormvizError(f"no runs: {RUNS_DIR}/ holds no run folder")
-        args = [str(folders[-1])]
+    args = _run_args(args)
     paths: list[Path] = []
     for arg in args:
         p = Path(arg)
@@ -319,6 +336,18 @@ def _collect_runs(args: Sequence[str]) -> tuple[list[Path], str]:
     first = Path(args[0])
     name = first.name if first.is_dir() else first.stem
     return paths, name
+
+
+def _run_args(args: Sequence[str]) -> list[str]:
+    """The files and folders to plot: *args*, or the newest run folder when none is named."""
+    if not args:
+        if not RUNS_DIR.is_dir():
+            raise NormvizError(f"no runs: {RUNS_DIR}/ does not exist (run `normviz record` first, or name runs)")
+        folders = sorted((p for p in RUNS_DIR.iterdir() if p.is_dir() and any(p.glob("*.h5"))), key=lambda p: p.name)
+        if not folders:
+            raise NormvizError(f"no runs: {RUNS_DIR}/ holds no run folder")
+        return [str(folders[-1])]
+    return list(args)
 
 
 @cli.command()

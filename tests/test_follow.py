@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,33 @@ def test_follow_redraws_until_the_run_is_closed(tmp_path):
     assert drawn == sorted(drawn) and drawn[-1] > drawn[0]
     assert drawn[-1] == 29 and "every run is closed" in follow.stderr.splitlines()[-1]
     assert (tmp_path / "figs" / "live-loss.png").stat().st_size > 0
+
+
+def test_follow_on_a_folder_joins_run_files_that_appear_later(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    first, late = folder / "first.h5", folder / "late.h5"
+    procs = [_writer(first, 40, 0.15)]
+    try:
+        _wait_for_rows(first, 1, procs[0])
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "normviz", "plot", str(folder), "-r", "loss", "--format", "png", "--out",
+             str(tmp_path / "figs"), "-q", "--follow", "--interval", "0.3"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(1.0)  # the follower has drawn the first file alone by now
+        procs.append(_writer(late, 10, 0.05))
+        out, err = follow.communicate(timeout=120)
+        assert all(p.wait(timeout=60) == 0 for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+    assert follow.returncode == 0, err
+    assert f"following {late} too" in err
+    assert "every run is closed" in err.splitlines()[-1]
+    with normviz.open(late) as run:
+        assert run.status["clean"] == 1
+    # The last drawing holds both runs.
+    written = [Path(line) for line in out.splitlines() if line.endswith(".png")]
+    assert {p.name for p in written} == {"first-loss.png", "late-loss.png"}
+    assert all(p.stat().st_size > 0 for p in written)
