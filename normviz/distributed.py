@@ -17,11 +17,16 @@ this naming and merges them (see ``docs/distributed.md``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["RANK_SUFFIX", "current_rank", "rank_path", "split_rank"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["RANK_SUFFIX", "current_rank", "rank_path", "shared_extrema", "split_rank"]
 
 #: The rank part of a per-rank file name: ``<run>.rank<R>.h5``.
 RANK_SUFFIX = re.compile(r"\.rank(\d+)$")
@@ -72,3 +77,42 @@ def split_rank(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
     if m is None:
         return p, None
     return p.with_name(stem[: m.start()] + p.suffix), int(m.group(1))
+
+
+def shared_extrema(path: str | os.PathLike[str], lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (min, max) per site, reduced over the ranks, so that all the rank files of
+    a run fix the same histogram edges and their histograms can be summed when merged.
+
+    Called once per run, at the first recorded step. It is a collective, so it runs only
+    when every rank is known to record: ``torch.distributed`` is initialized with more
+    than one process and *path* is this rank's :func:`rank_path` file. A rank that
+    records alone (``if rank == 0: Recorder(...)`` into a plain path) never waits for the
+    others. Ranks whose layouts differ (another number of sites) keep their own extrema.
+    """
+    try:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return lo, hi
+        if split_rank(path)[1] != dist.get_rank():
+            return lo, hi
+    except Exception:  # noqa: BLE001 - no usable torch.distributed: nothing to share
+        return lo, hi
+    import torch
+
+    # First agree that every rank has the same number of sites (a mismatched collective
+    # would fail or hang); the answer is the same on every rank.
+    n = torch.tensor([lo.numel(), -lo.numel()], dtype=torch.float32, device=lo.device)
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    if int(n[0].item()) != -int(n[1].item()):
+        return lo, hi
+    # NaN (a site that did not run, or non-finite data) must not win the reduction.
+    lo_r = torch.nan_to_num(lo.float(), nan=math.inf)
+    hi_r = torch.nan_to_num(hi.float(), nan=-math.inf)
+    both = torch.cat([lo_r, -hi_r])
+    dist.all_reduce(both, op=dist.ReduceOp.MIN)
+    lo_s, hi_s = both[: lo.numel()], -both[lo.numel() :]
+    # A site with no finite extremum on any rank stays NaN (default edges).
+    lo_s = torch.where(torch.isinf(lo_s) & (lo_s > 0), torch.full_like(lo_s, math.nan), lo_s)
+    hi_s = torch.where(torch.isinf(hi_s) & (hi_s < 0), torch.full_like(hi_s, math.nan), hi_s)
+    return lo_s, hi_s

@@ -12,7 +12,9 @@ statistic                              merged as
 ``min``, ``max``, ``numel``,           exact: min, max, sum over ranks
 ``nonfinite``
 ``output_grad_norm``                   exact for DDP's gradient averaging: sqrt(Σ g_r²) / W
-``hist``                               summed where every rank has the same edges; a site whose
+``hist``                               summed where every rank has the same edges (ranks recording
+                                       under torch.distributed share them: see
+                                       :func:`normviz.distributed.shared_extrema`); a site whose
                                        edges differ raises :class:`MissingDataError` (listed in
                                        :attr:`MergedRun.notes`)
 ``percentiles``, ``group_mean``,       **approximate**: numel-weighted average of the ranks'

@@ -113,6 +113,39 @@ def test_merged_ranks_pool_exactly_to_the_full_batch(runs):
     _check_same(bn, full, before, slice(0, 1))
 
 
+def test_ranks_share_histogram_edges_so_merged_histograms_are_sums(runs):
+    full = runs["full"]
+    for name in ("bn", "sync"):
+        ranks = [runs[f"{name}.rank{r}"] for r in (0, 1)]
+        merged = next(r for r in merge_ranks(ranks) if isinstance(r, MergedRun))
+        for site in full.sites:
+            edges = [r.hist_edges(site.layer, site.role, call=site.call) for r in ranks]
+            np.testing.assert_array_equal(edges[0], edges[1], err_msg=f"{name}: edges of {site.key}")
+            hist = merged.stat("hist", site.layer, site.role, call=site.call)
+            parts = [r.stat("hist", site.layer, site.role, call=site.call) for r in ranks]
+            np.testing.assert_array_equal(hist, parts[0] + parts[1])
+            assert hist.sum(axis=1).tolist() == [2 * ranks[0].layout.sample_size] * STEPS
+        assert not merged.notes
+    # The edges come from the extrema of the whole global batch at the first step: those
+    # of the one-process run, where the data up to the first BatchNorm is the same.
+    for site in full.sites:
+        if (site.layer, site.role) in (("0", "output"), ("1", "input")):
+            np.testing.assert_allclose(runs["bn.rank1"].hist_edges(site.layer, site.role),
+                                       full.hist_edges(site.layer, site.role), rtol=1e-6)
+
+
+def test_shared_extrema_leave_a_lone_or_unranked_recorder_alone():
+    import torch
+
+    from normviz.distributed import shared_extrema
+
+    lo, hi = torch.tensor([0.0, float("nan")]), torch.tensor([1.0, float("nan")])
+    # No process group here: nothing to share, whatever the path says.
+    for path in ("runs/a.h5", "runs/a.rank0.h5"):
+        a, b = shared_extrema(path, lo, hi)
+        assert a is lo and b is hi
+
+
 def test_syncbatchnorm_removes_the_per_rank_spread(runs):
     merged = [r for r in merge_ranks(list(runs.values())) if isinstance(r, MergedRun)]
     by = {("sync" if "Sync" in r.label else "bn"): r for r in merged}
@@ -147,8 +180,9 @@ def test_ranks_renderer_contract(runs):
 def test_plot_folder_merges_ranks(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        main(["plot", str(folder), "--renderer", "ranks,loss", "--format", "png", "--out", "figs", "-q"])
+        main(["plot", str(folder), "--renderer", "ranks,loss,histograms", "--format", "png", "--out", "figs", "-q"])
     out = capsys.readouterr()
     assert (exc.value.code or 0) == 0, out.err
-    assert (tmp_path / "figs" / "ddp-cnn-ranks.png").stat().st_size > 0
-    assert (tmp_path / "figs" / "ddp-cnn-loss.png").stat().st_size > 0
+    assert "skipped" not in out.err  # the ranks' histograms are summed, none left out
+    for name in ("ranks", "loss", "histograms"):
+        assert (tmp_path / "figs" / f"ddp-cnn-{name}.png").stat().st_size > 0

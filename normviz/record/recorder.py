@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from normviz.distributed import shared_extrema
 from normviz.datatypes import NormSpec, Site, Statistic
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
@@ -642,8 +643,10 @@ class Recorder:
         if extrema is None:
             edges = np.full((n_sites, S.HIST_BINS + 1), np.nan, dtype=np.float32)
         else:
-            # The only host sync of a run: once, at the first recorded step.
-            edges = finish.first_edges(extrema[0].float().cpu().numpy(), extrema[1].float().cpu().numpy())
+            # The only host sync of a run: once, at the first recorded step. Under torchrun
+            # the ranks agree on the extrema, so their histograms can be summed when merged.
+            lo, hi = shared_extrema(self.path, *extrema)
+            edges = finish.first_edges(lo.float().cpu().numpy(), hi.float().cpu().numpy())
         flush_every, flush_secs, on_error = self._flush
         self._writer = RunWriter(
             self.path, self._root, flush_every=flush_every, flush_secs=flush_secs, on_error=on_error,
