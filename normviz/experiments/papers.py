@@ -56,13 +56,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normviz.experiments import models
-from normviz.experiments.registry import Experiment, Setup
+from normviz.experiments.registry import Experiment, Setup, StepResult
 from normviz.record.ics import gradient_ics, ics_scalars, sgd
 
 __all__ = [
     "PAPER_EXPERIMENTS",
     "SeedLabelSmoothingCE",
-    "emit",
     "final_loss",
     "ioffe_findings",
     "label_smoothing_findings",
@@ -76,41 +75,6 @@ __all__ = [
 
 
 # -- plumbing ---------------------------------------------------------------------------------------
-def emit(model: nn.Module, **scalars: Any) -> None:
-    """Add scalars (test accuracy, ICS, per-variant losses) to the step being closed.
-
-    ``run_experiment`` calls ``rec.step(loss=loss)`` with the loss a step returns and
-    nothing else, so a step that has more to say hands it to the :class:`~normviz.Recorder`
-    attached to ``model``: the scalars join the keyword arguments of its next ``step()``.
-    Without a recorder (a step run by hand) this does nothing.
-
-    A stop-gap: the recorder is found through the root forward pre-hook it installs, and
-    its ``step`` is wrapped once. Once ``run_experiment`` passes on scalars a step returns,
-    the steps here should return them instead.
-    """
-    recorder = None
-    for hook in model._forward_pre_hooks.values():
-        rec = getattr(hook, "recorder", None)
-        if rec is not None and callable(getattr(rec, "step", None)):
-            recorder = rec
-            break
-    if recorder is None:
-        return
-    pending = getattr(recorder, "_paper_scalars", None)
-    if pending is None:
-        pending = {}
-        close_step = recorder.step
-
-        def step(**given: Any) -> None:
-            merged = {**pending, **given}
-            pending.clear()
-            close_step(**merged)
-
-        recorder._paper_scalars = pending
-        recorder.step = step
-    pending.update(scalars)
-
-
 def _slots(model: nn.Module, channel_dim: int) -> dict[str, int]:
     return {name: channel_dim for name, m in model.named_modules() if isinstance(m, nn.Identity)}
 
@@ -194,7 +158,7 @@ def _label_smoothing(
     batch = 128
     order = torch.randperm(n, generator=gen).to(device)
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         lo = (i * batch) % n
         idx = order[lo : lo + batch]
         opt.zero_grad()
@@ -208,8 +172,7 @@ def _label_smoothing(
             with torch.no_grad():
                 for name, m in trio.copies.items():
                     scalars[f"test_acc_{name}"] = _accuracy(model, x_test, y_test, m)
-        emit(model, **scalars)
-        return total
+        return total, scalars
 
     return Setup(trio, opt, step, {})
 
@@ -221,7 +184,7 @@ def _seed_bn_ln(kind: str, gen: torch.Generator, device: torch.device, *, lr: fl
     model = models.seed_mlp(kind).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         opt.zero_grad()
         loss = F.mse_loss(model(x), y)
         loss.backward()
@@ -274,14 +237,14 @@ def _ioffe(
     model = sigmoid_mlp(kind, init_std=init_std).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         x, y = data(batch)
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         if i % eval_every == 0:
-            emit(model, test_acc=_accuracy(model, x_test, y_test))
+            return loss, {"test_acc": _accuracy(model, x_test, y_test)}
         return loss
 
     return Setup(model, opt, step, _slots(model, -1))
@@ -315,7 +278,7 @@ def _xiong(
     model = PrePost(d_model=d_model, n_heads=4, n_layers=layers, seq_len=seq_len, vocab=vocab).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # at initialization: the weights never move
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         # One step accumulates `micro` batches: the recorded gradient is their sum, i.e. micro x
         # the mini-batch-averaged gradient whose norm Xiong et al. plot (||E_batch[grad W]||_F).
         opt.zero_grad()
@@ -328,8 +291,7 @@ def _xiong(
             (parts["pre"] + parts["post"]).backward()
             sums = {k: total + parts[k].detach() / micro for k, total in sums.items()}
         opt.step()
-        emit(model, loss_pre=sums["pre"], loss_post=sums["post"])
-        return sums["pre"] + sums["post"]
+        return sums["pre"] + sums["post"], {"loss_pre": sums["pre"], "loss_post": sums["post"]}
 
     return Setup(model, opt, step, {})
 
@@ -428,7 +390,7 @@ def _wu_he(
     # The probe rows come from their own generator: the training batches are the same without probes.
     probe_gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         idx = torch.cat([torch.randint(n, (batch,), generator=gen), torch.randint(n, (sum(probes),), generator=probe_gen)])
         idx = idx.to(device)
         opt.zero_grad()
@@ -436,7 +398,7 @@ def _wu_he(
         loss.backward()
         opt.step()
         if i % eval_every == 0:
-            emit(model, test_acc=_accuracy(model, x_test, y_test, net))
+            return loss, {"test_acc": _accuracy(model, x_test, y_test, net)}
         return loss
 
     return Setup(model, opt, step, _slots(model, 1))
@@ -470,14 +432,13 @@ def _santurkar_dln(
     def loss_fn(m: nn.Module) -> Tensor:
         return (m(x) - y).square().sum(1).mean()
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         opt.zero_grad()
         loss = loss_fn(model)
         loss.backward()
-        if ics_every and i % ics_every == 0:
-            emit(model, **ics_scalars(gradient_ics(model, measured, loss_fn, sgd(lr))))
+        scalars = ics_scalars(gradient_ics(model, measured, loss_fn, sgd(lr))) if ics_every and i % ics_every == 0 else {}
         opt.step()
-        return loss
+        return loss, scalars
 
     return Setup(model, opt, step, _slots(model, -1))
 
@@ -492,7 +453,7 @@ def _santurkar_vgg(
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     n = x.shape[0]
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
         idx = torch.randint(n, (batch,), generator=gen).to(device)
         xb, yb = x[idx], y[idx]
 
@@ -502,10 +463,10 @@ def _santurkar_vgg(
         opt.zero_grad()
         loss = loss_fn(model)
         loss.backward()
-        if ics_every and i % ics_every == 0:
-            emit(model, **ics_scalars(gradient_ics(model, list(ics_layers), loss_fn, sgd(lr))))
+        scalars = (ics_scalars(gradient_ics(model, list(ics_layers), loss_fn, sgd(lr)))
+                   if ics_every and i % ics_every == 0 else {})
         opt.step()
-        return loss
+        return loss, scalars
 
     return Setup(model, opt, step, _slots(model, 1))
 

@@ -15,9 +15,12 @@ from normviz.datatypes import NormSpec
 from normviz.experiments import models
 from normviz.hookspecs import hookimpl
 
-#: One training step: (model, optimizer, step index) -> loss tensor. It calls backward
+#: What a step returns: its loss, or its loss and more scalars for this step (test
+#: accuracy, per-variant losses: floats or 0-d tensors, recorded with the loss).
+StepResult = torch.Tensor | tuple[torch.Tensor, dict[str, Any]]
+#: One training step: (model, optimizer, step index) -> StepResult. It calls backward
 #: and optimizer.step itself.
-StepFn = Callable[[nn.Module, torch.optim.Optimizer, int], torch.Tensor]
+StepFn = Callable[[nn.Module, torch.optim.Optimizer, int], StepResult]
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def split_step_result(result: StepResult) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(loss, extra scalars) of what a step returned."""
+    if isinstance(result, tuple):
+        loss, scalars = result
+        return loss, dict(scalars)
+    return result, {}
+
+
 def run_experiment(
     experiment: Experiment,
     kind: str,
@@ -235,8 +246,8 @@ def run_experiment(
     ) as rec:
         pending: list[torch.Tensor] = []
         for i in range(n_steps):
-            loss = setup.step(setup.model, setup.optimizer, i)
-            rec.step(loss=loss)
+            loss, scalars = split_step_result(setup.step(setup.model, setup.optimizer, i))
+            rec.step(**scalars, loss=loss)
             pending.append(loss.detach())
             if progress is not None:
                 progress(1)

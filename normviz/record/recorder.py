@@ -34,10 +34,12 @@ from normviz.record import stats as S
 from normviz.record.gradients import GradientTracker
 from normviz.store import schema
 from normviz.store.layout import LayerEntry, Layout, SiteEntry, StatEntry
-from normviz.store.writer import RunWriter
+from normviz.store.writer import RunWriter, ScalarBatch
 
 #: Default cap on stored per-channel series (evenly spaced channels beyond it).
 MAX_CHANNELS = 32
+#: Between recorded steps, scalars are queued to the writer in batches of this many steps.
+SCALAR_BATCH = 256
 MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
 _CORE = "__core__"  # key of a site's fused core observation in a step's results
 _PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -231,6 +233,8 @@ class Recorder:
         self._rank, self._world_size = _rank_world(rank, world_size)
         # A torch.compile'd module: hooks go on the original module, which the compiled
         # one calls (Dynamo traces them; see docs/integrations.md).
+        # Its hooks stay on at every step: a compiled graph is traced with them.
+        self._keep_hooks = hasattr(model, "_orig_mod")
         model = getattr(model, "_orig_mod", model)
         self.host = plugins if plugins is not None else get_plugin_host()
         all_stats = self.host.statistics()
@@ -258,6 +262,10 @@ class Recorder:
         self._disabled_stats: set[str] = set()
         self._late_sites_warned = False
         self._handles: list[Any] = []
+        # Module forward hooks: (module, is the root pre-hook, hook), installed only while
+        # a recorded step runs (see _arm).
+        self._module_hooks: list[tuple[nn.Module, bool, Any]] = []
+        self._module_handles: list[Any] = []
         self._closed = False
         self._t0 = time.time()
         self._layers: dict[str, tuple[nn.Module, NormSpec | None]] = {}
@@ -291,12 +299,17 @@ class Recorder:
         lr = self._grads.last_lr
         if lr is not None and "lr" not in scalars:
             scalars["lr"] = lr
+        for name, value in scalars.items():
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                scalars[name] = value.detach()  # a kept loss must not keep its autograd graph alive
         self._pending_scalars.append((step, time.time() - self._t0, scalars))
+        if not self._armed and len(self._pending_scalars) >= SCALAR_BATCH:
+            self._send_scalars()  # bounded memory between recorded steps far apart
         if self._armed:
             with torch.no_grad():  # parameters are read as they are, without detached aliases
                 self._record_row(step)
         self._step += 1
-        self._armed = self._step % self.every == 0
+        self._arm(self._step % self.every == 0)
         self._results.clear()
         self._seen.clear()
         self._pending.clear()
@@ -332,6 +345,7 @@ class Recorder:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            self._remove_module_hooks()
             if self._layout is None:
                 self._freeze()
             if self._writer is None:
@@ -343,14 +357,37 @@ class Recorder:
 
     # -- hooks side -----------------------------------------------------------------------------
     def _attach(self, model: nn.Module) -> None:
-        self._handles.append(model.register_forward_pre_hook(_ResetCalls(self)))
+        self._module_hooks.append((model, True, _ResetCalls(self)))
         for name, module in model.named_modules():
             spec = self.host.classify(name, module)
             has_params = any(True for _ in module.parameters(recurse=False))
             if spec is None and not has_params:
                 continue
             self._layers[name] = (module, spec)
-            self._handles.append(module.register_forward_hook(_LayerHook(self, name, spec, module)))
+            self._module_hooks.append((module, False, _LayerHook(self, name, spec, module)))
+        self._install_module_hooks()
+
+    def _arm(self, armed: bool) -> None:
+        """Turn recording on or off for the next step. Forward hooks are removed from
+        every module between recorded steps: a module with any hook takes PyTorch's slow
+        call path (~10 µs a call on CPU), a cost steps that are not recorded should not pay."""
+        self._armed = armed
+        if armed:
+            self._install_module_hooks()
+        elif not self._keep_hooks:
+            self._remove_module_hooks()
+
+    def _install_module_hooks(self) -> None:
+        if self._module_handles or self._closed:
+            return
+        for module, is_root, hook in self._module_hooks:
+            register = module.register_forward_pre_hook if is_root else module.register_forward_hook
+            self._module_handles.append(register(hook))
+
+    def _remove_module_hooks(self) -> None:
+        for handle in self._module_handles:
+            handle.remove()
+        self._module_handles.clear()
 
     def _gen(self, device: torch.device) -> torch.Generator:
         gen = self._gens.get(device)
@@ -729,6 +766,9 @@ class Recorder:
                 parts["f4"].append(self._grads.result(st.name, device))
         if blocks is not None:
             parts["f4"].append(blocks.host)  # what the host finishes the row from
+        scalars, scalar_values = self._take_scalars()
+        if scalar_values is not None:
+            parts["f8"].append(scalar_values)  # they ride to the host with the row, after its columns
         vectors = {}
         target = device if device is not None else torch.device("cpu")
         for vec, items in parts.items():
@@ -749,10 +789,12 @@ class Recorder:
             vectors = host
         else:
             vectors = {k: v.cpu() for k, v in vectors.items()}
+        if scalar_values is not None:
+            n = scalar_values.numel()
+            scalars.values = vectors["f8"][-n:]  # read by the writer once the event fired
+            vectors["f8"] = vectors["f8"][:-n]
         finish_args = (blocks.group_sizes, blocks.numel) if blocks is not None else ([], [])
-        self._writer.write_row(
-            step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args, self._take_scalars()
-        )
+        self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args, scalars)
 
     def _module_block(self, st: StatEntry, device: torch.device | None) -> torch.Tensor:
         """One module statistic (e.g. every norm's running_var) of all its layers, float32, thinned.
@@ -792,13 +834,26 @@ class Recorder:
         return torch.full((width,), math.nan, dtype=dtype, device=device)
 
     def _send_scalars(self) -> None:
+        """Queue the pending steps' scalars on their own (between recorded steps, and at the end)."""
         if self._writer is None or not self._pending_scalars:
             return
-        self._writer.write_scalars(self._take_scalars())
+        batch, stacked = self._take_scalars()
+        event = None
+        if stacked is not None:
+            if stacked.device.type == "cuda":
+                # Copied without waiting: the writer's thread waits for the event instead.
+                batch.values = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                batch.values.copy_(stacked, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                batch.values = stacked.cpu()
+        self._writer.write_scalars(batch, event)
 
-    def _take_scalars(self) -> list[tuple[int, dict[str, float]]]:
-        """The pending steps' scalars as host floats: device tensors copied in one batch,
-        CPU tensors read directly (no device to wait for)."""
+    def _take_scalars(self) -> tuple[ScalarBatch, torch.Tensor | None]:
+        """The pending steps' scalars: Python values in the rows, tensor values stacked into
+        one float64 tensor (on the first one's device) that fills them in later, in order.
+        Nothing here reads a tensor: a recorded row carries them to the host with its own copy."""
         tensors: list[torch.Tensor] = []
         where: list[tuple[int, str]] = []
         rows: list[tuple[int, dict[str, float]]] = []
@@ -808,10 +863,7 @@ class Recorder:
                 if isinstance(value, torch.Tensor):
                     if value.numel() != 1:
                         continue
-                    if value.device.type == "cpu":
-                        row[name] = float(value.detach().reshape(()).item())
-                        continue
-                    tensors.append(value.detach().reshape(()).to(torch.float64))
+                    tensors.append(value.reshape(()))
                     where.append((i, name))
                 else:
                     try:
@@ -819,14 +871,12 @@ class Recorder:
                     except (TypeError, ValueError):
                         continue
             rows.append((step, row))
-        if tensors:
-            devices = {t.device for t in tensors}
-            stacked = torch.stack([t.to(tensors[0].device) for t in tensors]) if len(devices) > 1 else torch.stack(tensors)
-            values = stacked.cpu().tolist()  # one copy for all pending steps
-            for (i, name), v in zip(where, values):
-                rows[i][1][name] = v
         self._pending_scalars.clear()
-        return rows
+        stacked = None
+        if tensors:
+            device = tensors[0].device
+            stacked = torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+        return ScalarBatch(rows, where), stacked
 
 
 class _ResetCalls:

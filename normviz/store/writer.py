@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,37 @@ _COLUMN_BLOCK = 256
 #: run in a step; floats store NaN.
 MISSING_INT = -1
 _FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "fletcher32": True}
+
+
+ScalarRows = list[tuple[int, dict[str, float]]]
+
+
+@dataclass
+class ScalarBatch:
+    """Scalars of several training steps whose tensor values are still being copied.
+
+    ``rows`` hold each step's Python values; ``where[j]`` names the (row, scalar) that
+    ``values[j]`` fills in, once the copy guarded by the queued item's event is done:
+    the training thread never waits for a device to read a loss.
+    """
+
+    rows: ScalarRows
+    where: list[tuple[int, str]] = field(default_factory=list)
+    values: Any = None  # a host float64 tensor or array, len(where) long
+
+    def resolve(self) -> ScalarRows:
+        """The rows with every value filled in (call after the copy's event)."""
+        if self.where:
+            for (i, name), value in zip(self.where, _as_numpy(self.values).reshape(-1).tolist()):
+                self.rows[i][1][name] = value
+            self.where = []
+        return self.rows
+
+
+def _scalar_rows(scalars: ScalarBatch | ScalarRows | None) -> ScalarRows:
+    if isinstance(scalars, ScalarBatch):
+        return scalars.resolve()
+    return scalars or []
 
 
 class RecordingError(RuntimeError):
@@ -132,14 +164,15 @@ class RunWriter:
         f8: Any,
         event: Any = None,
         finish_args: tuple[Any, ...] = (),
-        scalars: list[tuple[int, dict[str, float]]] | None = None,
+        scalars: ScalarBatch | ScalarRows | None = None,
     ) -> None:
-        """Queue one recorded step (CPU tensors or arrays; *event* guards a pending copy;
-        *finish_args* go to ``finish``), with the *scalars* of the steps up to it."""
-        self._put(("row", (step, wall_time, f4, f8, event, finish_args, scalars or [])))
+        """Queue one recorded step (CPU tensors or arrays; *event* guards a pending copy,
+        of the row and of the scalars' values; *finish_args* go to ``finish``), with the
+        *scalars* of the steps up to it."""
+        self._put(("row", (step, wall_time, f4, f8, event, finish_args, scalars)))
 
-    def write_scalars(self, rows: list[tuple[int, dict[str, float]]], event: Any = None) -> None:
-        """Queue scalars for several training steps."""
+    def write_scalars(self, rows: ScalarBatch | ScalarRows, event: Any = None) -> None:
+        """Queue scalars for several training steps (*event* guards the copy of their values)."""
         self._put(("scalars", (rows, event)))
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -227,13 +260,13 @@ class RunWriter:
             if event is not None:
                 event.synchronize()
             self._rows.append((step, wall, _as_numpy(f4), _as_numpy(f8), finish_args))
-            self._add_scalars(scalars)
+            self._add_scalars(_scalar_rows(scalars))
             self._last_step = step
         elif kind == "scalars":
             rows, event = payload
             if event is not None:
                 event.synchronize()
-            self._add_scalars(rows)
+            self._add_scalars(_scalar_rows(rows))
         if kind == "flush":
             if self._file is not None and (self._rows or self._scalar_rows):
                 self._flush(clean=False)

@@ -19,7 +19,7 @@ from torch import nn
 
 import normviz
 from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, papers
-from normviz.experiments.registry import run_experiment
+from normviz.experiments.registry import run_experiment, split_step_result
 from normviz.record.ics import gradient_ics, ics_scalars, sgd
 
 
@@ -245,8 +245,8 @@ def test_wu_he_probes_leave_training_unchanged(tmp_path):
     without.model.load_state_dict(with_probes.model.state_dict())
     for i in range(3):
         # the same batches: the probe rows are drawn but not used without probes
-        a = with_probes.step(with_probes.model, with_probes.optimizer, i)
-        b = without.step(without.model, without.optimizer, i)
+        a, _ = split_step_result(with_probes.step(with_probes.model, with_probes.optimizer, i))
+        b, _ = split_step_result(without.step(without.model, without.optimizer, i))
         assert torch.equal(a, b)
     for (name, x), y in zip(with_probes.model.state_dict().items(), without.model.state_dict().values()):
         assert torch.equal(x, y), name

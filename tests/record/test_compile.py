@@ -98,6 +98,16 @@ def test_switching_to_eager_on_recorded_steps_has_no_break_and_no_recompile(tmp_
     assert_same_run(tmp_path / "eager.h5", tmp_path / "switch.h5")
 
 
+def test_compiled_model_with_recording_turning_on_and_off_records_like_eager(tmp_path):
+    # The recorder's forward hooks come and go with `every`; the compiled model must still
+    # record on exactly the recorded steps.
+    eager = train(tmp_path / "eager.h5", steps=5, every=2)
+    torch_dynamo.reset()
+    compiled = train(tmp_path / "compiled.h5", steps=5, every=2, how="compiled")
+    np.testing.assert_allclose(eager, compiled, rtol=1e-6)
+    assert_same_run(tmp_path / "eager.h5", tmp_path / "compiled.h5")
+
+
 def test_recorder_on_the_compiled_module(tmp_path):
     model = make_model()
     compiled = torch.compile(model, backend=BACKEND)

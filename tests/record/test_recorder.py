@@ -193,6 +193,65 @@ def test_every_records_multiples_and_scalars_every_step(tmp_path):
         assert run.status["clean"] == 1
 
 
+def test_forward_hooks_are_on_only_for_recorded_steps(tmp_path):
+    # A module with any forward hook takes PyTorch's slow call path: steps that are not
+    # recorded run without the recorder's hooks. The user's own hooks stay where they are.
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    seen = []
+    model[1].register_forward_hook(lambda m, a, o: seen.append(1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+
+    def counts():
+        return [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+
+    bare = counts()
+    rec = normviz.Recorder(model, tmp_path / "h.h5", every=3)
+    armed = counts()
+    assert sum(armed) > sum(bare)
+    for step in range(7):
+        assert counts() == (armed if step % 3 == 0 else bare), step
+        loss = model(torch.randn(16, 4)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.step(loss=loss)
+    rec.close()
+    assert counts() == bare and len(seen) == 7
+    with normviz.open(tmp_path / "h.h5") as run:
+        assert run.steps.tolist() == [0, 3, 6]
+
+
+def test_scalars_far_between_recorded_steps_are_batched_detached_and_exact(tmp_path, monkeypatch):
+    from normviz.record import recorder as R
+
+    monkeypatch.setattr(R, "SCALAR_BATCH", 8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    losses, extra = [], []
+    with normviz.Recorder(model, tmp_path / "b.h5", every=20) as rec:
+        for step in range(45):
+            loss = model(torch.randn(16, 4)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            twice = loss.detach().double() * 2
+            rec.step(loss=loss, twice=twice, plain=float(step), ignored=torch.ones(3))
+            losses.append(loss.item())
+            extra.append(twice.item())
+            # The recorder keeps neither the graph of a loss nor more than a batch of steps.
+            assert len(rec._pending_scalars) < 8
+            assert all(not v.requires_grad for _, _, values in rec._pending_scalars
+                       for v in values.values() if isinstance(v, torch.Tensor))
+    with normviz.open(tmp_path / "b.h5") as run:
+        assert run.steps.tolist() == [0, 20, 40]
+        assert run.scalar_steps.tolist() == list(range(45))
+        np.testing.assert_array_equal(run.scalar("loss"), np.float32(losses).astype(np.float64))
+        np.testing.assert_array_equal(run.scalar("twice"), extra)
+        np.testing.assert_array_equal(run.scalar("plain"), np.arange(45.0))
+        assert "ignored" not in run.scalar_names
+
+
 def test_shared_module_gets_one_site_per_call(tmp_path):
     class Tied(nn.Module):
         def __init__(self):
