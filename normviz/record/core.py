@@ -145,7 +145,8 @@ def observe(
 def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
     """Observe an (N, C, ...) tensor through its per-(sample, channel) moments and extrema.
 
-    Shifted sums and amin/amax along each (n, c) row give the channel statistics by exact pooling, and let a following
+    Moments (:func:`~normviz.record.stats.instance_moments`) and amin/amax along each (n, c)
+    row give the channel statistics by exact pooling, and let a following
     GroupNorm's input groups and whole output be derived with no pass of their own
     (:func:`derive_groupnorm_output`). None if *x* is not a contiguous (N, C, ...) float32.
     """
@@ -153,7 +154,7 @@ def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
         return None
     n, c = x.shape[0], x.shape[1]
     rows = x.view(n * c, -1)
-    mean, var = S.channel_moments(rows, 0)  # shifted sums along contiguous rows: the fastest here
+    mean, var = S.instance_moments(x)
     inst = InstanceMoments(mean.view(n, c), var.view(n, c), rows.amin(1).view(n, c), rows.amax(1).view(n, c))
     mean_c, var_c = S.pool(inst.mean, inst.var)
     sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)

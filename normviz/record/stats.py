@@ -87,6 +87,19 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     return shift + m, var
 
 
+def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of every (sample, channel) row of a contiguous float32
+    (N, C, ...) tensor, [N * C] each.
+
+    PyTorch's group-norm statistics kernel with one channel per group: one fused pass with
+    wide accumulators, 1-2x faster on CPU than the shifted sums of :func:`channel_moments`
+    along the rows, and more precise. A constant row has rstd = inf, so variance 0.
+    """
+    n, c = x.shape[0], x.shape[1]
+    _, mean, rstd = torch.native_group_norm(x, None, None, n, c, x[0, 0].numel(), c, 0.0)
+    return mean.reshape(-1), rstd.reshape(-1).reciprocal().square()
+
+
 def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel minimum and maximum of *x*, float32 (NaN if the channel holds a NaN)."""
     if x.dim() == 0:
