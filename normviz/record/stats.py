@@ -111,6 +111,12 @@ def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     if x.dim() == 1:
         v = x.float()
         return v, v
+    if cd == 1 and x.dim() > 2 and 1 < x[0, 0].numel() < 64 and x.is_contiguous():
+        # Small feature maps (late CNN stages, 2x2 to 7x7): reducing contiguous (n, c) rows
+        # first, then the batch, is 2-3x faster on CPU than reducing dims (0, 2, ...) at once.
+        n, c = x.shape[0], x.shape[1]
+        rows = x.view(n * c, -1)
+        return rows.amin(1).view(n, c).amin(0).float(), rows.amax(1).view(n, c).amax(0).float()
     # amin + amax: two passes, yet 10x faster on CPU than one torch.aminmax(dim=...)
     dims = reduce_dims(x.dim(), cd)
     return x.amin(dims).float(), x.amax(dims).float()

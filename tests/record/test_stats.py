@@ -74,6 +74,29 @@ def test_instance_moments_offset_100_constant_and_nonfinite_rows(shape):
     assert torch.isfinite(flat_mean[0]).all() and torch.isfinite(flat_mean[1, 2:]).all()
 
 
+@pytest.mark.parametrize("shape,cd,contiguous", [
+    ((30, 4), 1, True), ((30, 4), -1, True), ((6, 7, 9), -1, True),  # (values, channels)
+    ((8, 5, 16, 16), 1, True),  # channels first, large maps: reduce dims (0, 2, 3)
+    ((8, 5, 3, 3), 1, True), ((8, 5, 7), 1, True),  # small maps: (n, c) rows first
+    ((8, 5, 3, 3), 1, False), ((8, 5, 1, 1), 1, True),
+])
+def test_channel_extrema_match_numpy_on_every_path(shape, cd, contiguous):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=gen)
+    if not contiguous:
+        x = x.transpose(2, 3)
+    lo, hi = S.channel_extrema(x, cd)
+    ref = x.double().movedim(cd % x.dim(), 0).reshape(x.shape[cd], -1).numpy()
+    np.testing.assert_array_equal(lo.numpy(), ref.min(1).astype(np.float32))
+    np.testing.assert_array_equal(hi.numpy(), ref.max(1).astype(np.float32))
+    x = x.clone()
+    index = [0] * x.dim()
+    index[cd] = 1
+    x[tuple(index)] = float("nan")
+    lo, hi = S.channel_extrema(x, cd)
+    assert torch.isnan(lo[1]) and torch.isnan(hi[1]) and not torch.isnan(lo[[0, 2]]).any()
+
+
 def test_pooled_moments():
     x = torch.randn(10, 6, 5, dtype=torch.float32) * 2 + 1
     m, s = S.pooled_moments(*S.channel_moments(x, 1))
