@@ -98,19 +98,29 @@ def shared_extrema(path: str | os.PathLike[str], lo: torch.Tensor, hi: torch.Ten
             return lo, hi
     except Exception:  # noqa: BLE001 - no usable torch.distributed: nothing to share
         return lo, hi
+    import warnings
+
     import torch
 
-    # First agree that every rank has the same number of sites (a mismatched collective
-    # would fail or hang); the answer is the same on every rank.
-    n = torch.tensor([lo.numel(), -lo.numel()], dtype=torch.float32, device=lo.device)
-    dist.all_reduce(n, op=dist.ReduceOp.MAX)
-    if int(n[0].item()) != -int(n[1].item()):
+    try:
+        # First agree that every rank has the same number of sites (a mismatched collective
+        # would fail or hang); the answer is the same on every rank.
+        n = torch.tensor([lo.numel(), -lo.numel()], dtype=torch.float32, device=lo.device)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        if int(n[0].item()) != -int(n[1].item()):
+            return lo, hi
+        # NaN (a site that did not run, or non-finite data) must not win the reduction.
+        lo_r = torch.nan_to_num(lo.float(), nan=math.inf)
+        hi_r = torch.nan_to_num(hi.float(), nan=-math.inf)
+        both = torch.cat([lo_r, -hi_r])
+        dist.all_reduce(both, op=dist.ReduceOp.MIN)
+    except RuntimeError as exc:  # e.g. NCCL with statistics on the CPU: the same on every rank
+        warnings.warn(
+            f"normviz: could not share histogram edges between ranks ({exc}); each rank keeps its own",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return lo, hi
-    # NaN (a site that did not run, or non-finite data) must not win the reduction.
-    lo_r = torch.nan_to_num(lo.float(), nan=math.inf)
-    hi_r = torch.nan_to_num(hi.float(), nan=-math.inf)
-    both = torch.cat([lo_r, -hi_r])
-    dist.all_reduce(both, op=dist.ReduceOp.MIN)
     lo_s, hi_s = both[: lo.numel()], -both[lo.numel() :]
     # A site with no finite extremum on any rank stays NaN (default edges).
     lo_s = torch.where(torch.isinf(lo_s) & (lo_s > 0), torch.full_like(lo_s, math.nan), lo_s)

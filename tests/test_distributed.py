@@ -146,6 +146,67 @@ def test_shared_extrema_leave_a_lone_or_unranked_recorder_alone():
         assert a is lo and b is hi
 
 
+class _FakeGroup:
+    """Rank 0 of a two-rank group whose other rank holds *other*: all_reduce as torch does it."""
+
+    def __init__(self, monkeypatch, other_lo, other_hi, fail=False):
+        import torch.distributed as dist
+
+        self.other_n = len(other_lo)
+        self.other = (other_lo, other_hi)
+        self.fail = fail
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+        monkeypatch.setattr(dist, "all_reduce", self.all_reduce)
+
+    def all_reduce(self, t, op=None, group=None, async_op=False):
+        import torch
+        import torch.distributed as dist
+
+        if self.fail:
+            raise RuntimeError("No backend type associated with device type cpu")
+        if t.numel() == 2:  # the site count check
+            mine = t.clone()
+            theirs = torch.tensor([self.other_n, -self.other_n], dtype=t.dtype)
+            t.copy_(torch.maximum(mine, theirs) if op == dist.ReduceOp.MAX else torch.minimum(mine, theirs))
+            return
+        lo, hi = (torch.tensor(v) for v in self.other)
+        theirs = torch.cat([torch.nan_to_num(lo, nan=float("inf")), -torch.nan_to_num(hi, nan=-float("inf"))])
+        t.copy_(torch.minimum(t, theirs))
+
+
+def test_shared_extrema_reduce_over_ranks_and_keep_nan_out(monkeypatch):
+    import torch
+
+    from normviz.distributed import shared_extrema
+
+    _FakeGroup(monkeypatch, [-1.0, float("nan"), float("nan")], [0.5, 3.0, float("nan")])
+    lo, hi = shared_extrema("runs/a.rank0.h5", torch.tensor([0.0, 2.0, float("nan")]),
+                            torch.tensor([1.0, 2.5, float("nan")]))
+    # A NaN never wins; a site with no finite extremum on any rank stays NaN.
+    assert lo.tolist()[:2] == [-1.0, 2.0] and hi.tolist()[:2] == [1.0, 3.0]
+    assert np.isnan(lo[2].item()) and np.isnan(hi[2].item())
+    # Not this rank's rank_path file (a recorder on rank 0 alone): no collective at all.
+    a = torch.tensor([0.0])
+    assert shared_extrema("runs/a.h5", a, a)[0] is a
+
+
+def test_shared_extrema_keep_local_edges_when_ranks_disagree_or_the_backend_fails(monkeypatch):
+    import torch
+
+    from normviz.distributed import shared_extrema
+
+    lo, hi = torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])
+    _FakeGroup(monkeypatch, [-5.0, -5.0, -5.0], [9.0, 9.0, 9.0])  # another number of sites
+    a, b = shared_extrema("runs/a.rank0.h5", lo, hi)
+    assert a is lo and b is hi
+    _FakeGroup(monkeypatch, [-5.0, -5.0], [9.0, 9.0], fail=True)
+    with pytest.warns(RuntimeWarning, match="could not share histogram edges"):
+        a, b = shared_extrema("runs/a.rank0.h5", lo, hi)
+    assert a is lo and b is hi
+
+
 def test_syncbatchnorm_removes_the_per_rank_spread(runs):
     merged = [r for r in merge_ranks(list(runs.values())) if isinstance(r, MergedRun)]
     by = {("sync" if "Sync" in r.label else "bn"): r for r in merged}
