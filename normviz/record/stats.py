@@ -47,6 +47,17 @@ def _channels_last_2d(x: torch.Tensor, channel_dim: int) -> torch.Tensor | None:
     return None
 
 
+def _channel_layout(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, int]:
+    """*x* ready for a per-channel reduction, and its channel dim (non-negative): a 0-d
+    tensor as one value, a channels-last one as a (values, channels) matrix."""
+    if x.dim() == 0:
+        x = x.reshape(1)
+    flat = _channels_last_2d(x, channel_dim)
+    if flat is not None:
+        x, channel_dim = flat, 1
+    return x, channel_dim % x.dim()
+
+
 def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and population variance of *x*, float32, exact to ~1e-6 relative.
 
@@ -54,12 +65,7 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     element of their own channel first (stateless, and as good as any shift of
     order one std); the upcast of bf16/fp16 happens inside that subtraction.
     """
-    if x.dim() == 0:
-        x = x.reshape(1)
-    flat = _channels_last_2d(x, channel_dim)
-    if flat is not None:
-        x, channel_dim = flat, 1
-    cd = channel_dim % x.dim()
+    x, cd = _channel_layout(x, channel_dim)
     if x.dim() == 2 and cd == 1 and x.dtype == torch.float32 and x.shape[0] > 1:
         # (values, channels): PyTorch's batch-norm statistics kernel is 1.1-3x faster on CPU
         # than the shifted sums below and more precise (two passes, wide accumulators).
@@ -102,12 +108,7 @@ def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel minimum and maximum of *x*, float32 (NaN if the channel holds a NaN)."""
-    if x.dim() == 0:
-        x = x.reshape(1)
-    flat = _channels_last_2d(x, channel_dim)
-    if flat is not None:
-        x, channel_dim = flat, 1
-    cd = channel_dim % x.dim()
+    x, cd = _channel_layout(x, channel_dim)
     if x.dim() == 1:
         v = x.float()
         return v, v
