@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from normviz.distributed import shared_extrema
 from normviz.datatypes import NormSpec, Site, Statistic
+from normviz.distributed import shared_extrema
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
 from normviz.record import core, finish
