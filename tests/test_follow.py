@@ -114,7 +114,7 @@ def test_follow_on_a_folder_joins_run_files_that_appear_later(tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()
     first, late = folder / "first.h5", folder / "late.h5"
-    procs = [_writer(first, 40, 0.15)]
+    procs = [_writer(first, 70, 0.15)]  # long enough for the late one to start (~10 s)
     try:
         _wait_for_rows(first, 1, procs[0])
         follow = subprocess.Popen(
