@@ -56,7 +56,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normviz.experiments import models
-from normviz.experiments.registry import Experiment, Setup, StepResult
+from normviz.experiments.registry import (
+    Experiment,
+    Setup,
+    StepResult,
+    _identity_slots,
+    _seed_mlp,
+)
 from normviz.record.ics import gradient_ics, ics_scalars, sgd
 
 __all__ = [
@@ -75,10 +81,6 @@ __all__ = [
 
 
 # -- plumbing ---------------------------------------------------------------------------------------
-def _slots(model: nn.Module, channel_dim: int) -> dict[str, int]:
-    return {name: channel_dim for name, m in model.named_modules() if isinstance(m, nn.Identity)}
-
-
 @torch.no_grad()
 def _accuracy(root: nn.Module, x: Tensor, y: Tensor, forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Accuracy of ``forward`` (default: ``root``) with ``root`` in eval mode.
@@ -178,20 +180,7 @@ def _label_smoothing(
 
 
 # -- 2. the seed's MLP with and without BatchNorm / LayerNorm ----------------------------------------
-def _seed_bn_ln(kind: str, gen: torch.Generator, device: torch.device, *, lr: float = 1e-3) -> Setup:
-    x, y = models.seed_regression_data(gen)
-    x, y = x.to(device), y.to(device)
-    model = models.seed_mlp(kind).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return Setup(model, opt, step, _slots(model, -1))
+# The seed's own simulation (full-batch SGD 1e-3): registry._seed_mlp, the default experiment's setup.
 
 
 # -- 3. Ioffe & Szegedy 2015, Figure 1 ---------------------------------------------------------------
@@ -247,7 +236,7 @@ def _ioffe(
             return loss, {"test_acc": _accuracy(model, x_test, y_test)}
         return loss
 
-    return Setup(model, opt, step, _slots(model, -1))
+    return Setup(model, opt, step, _identity_slots(model, -1))
 
 
 # -- 4. Xiong et al. 2020: Pre-LN vs Post-LN at initialization ---------------------------------------
@@ -401,7 +390,7 @@ def _wu_he(
             return loss, {"test_acc": _accuracy(model, x_test, y_test, net)}
         return loss
 
-    return Setup(model, opt, step, _slots(model, 1))
+    return Setup(model, opt, step, _identity_slots(model, 1))
 
 
 # -- 6. Santurkar et al. 2018: gradient-based internal covariate shift -------------------------------
@@ -440,7 +429,7 @@ def _santurkar_dln(
         opt.step()
         return loss, scalars
 
-    return Setup(model, opt, step, _slots(model, -1))
+    return Setup(model, opt, step, _identity_slots(model, -1))
 
 
 def _santurkar_vgg(
@@ -468,7 +457,7 @@ def _santurkar_vgg(
         opt.step()
         return loss, scalars
 
-    return Setup(model, opt, step, _slots(model, 1))
+    return Setup(model, opt, step, _identity_slots(model, 1))
 
 
 # -- the table --------------------------------------------------------------------------------------
@@ -479,7 +468,7 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
     ),
     "seed-bn-ln": (
         "the seed's MLP with and without BatchNorm / LayerNorm (full-batch SGD 1e-3, 100 steps)",
-        ("batch", "layer", "none"), 100, _seed_bn_ln, {},
+        ("batch", "layer", "none"), 100, _seed_mlp, {},
     ),
     "ioffe-fig1": (
         "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP +- BN, per-unit percentiles of the last sigmoid input (try --every 10)",
