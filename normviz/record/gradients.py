@@ -153,25 +153,37 @@ class GradientTracker:
 
     def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         try:
-            if self._snapshot is None or not self._is_ours(optimizer) or self._weight_norm is None:
+            if self._snapshot is None or not self._is_ours(optimizer):
                 return None
-            if self._closure:
-                # A closure step (LBFGS, Lightning's automatic optimization) ran forward and
-                # backward inside optimizer.step(): its gradients are complete only now.
-                weight_norm = self._weight_norm
-                self._compute()
-                self._weight_norm = weight_norm
-                self._result["weight_norm"] = weight_norm
-            with torch.no_grad():
-                deltas = self._snapshot
-                torch._foreach_sub_(deltas, self._params)  # old - new, in place
-                sq = _sq_norms(deltas)
-                layer_sq = torch.zeros(self.n_layers, device=sq.device).index_add_(0, self._owner_t(sq.device), sq)
-                self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
-            self._snapshot = None
+            self.finish_update()
         except ReferenceError:
             return None
         return None
+
+    def finish_update(self) -> None:
+        """Measure the update ‖Δw‖/‖w‖ of an optimizer step whose pre-hook ran; a no-op otherwise.
+
+        Called by the optimizer post-hook and by ``Recorder.step()``, whichever runs first:
+        another global post-hook registered earlier (script mode's step counter, a user's
+        own) may close the step before this tracker's post-hook runs, and the order the
+        hooks were registered in must not decide whether the update is measured.
+        """
+        if self._snapshot is None or self._weight_norm is None:
+            return
+        if self._closure:
+            # A closure step (LBFGS, Lightning's automatic optimization) ran forward and
+            # backward inside optimizer.step(): its gradients are complete only now.
+            weight_norm = self._weight_norm
+            self._compute()
+            self._weight_norm = weight_norm
+            self._result["weight_norm"] = weight_norm
+        with torch.no_grad():
+            deltas = self._snapshot
+            torch._foreach_sub_(deltas, self._params)  # old - new, in place
+            sq = _sq_norms(deltas)
+            layer_sq = torch.zeros(self.n_layers, device=sq.device).index_add_(0, self._owner_t(sq.device), sq)
+            self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
+        self._snapshot = None
 
     def _copy_weights(self) -> list[torch.Tensor]:
         """The parameters' current values, copied into the kept buffers."""

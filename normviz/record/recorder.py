@@ -220,8 +220,10 @@ class Recorder:
             if not overwrite:
                 raise NormvizError(f"{self.path}: file exists; normviz never overwrites a run (use overwrite=True)")
             self.path.unlink()
-        if not self.path.parent.is_dir():
-            raise NormvizError(f"{self.path.parent}: output folder does not exist")
+        try:  # as SummaryWriter does: runs/<name>/run.h5 needs no mkdir first
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NormvizError(f"{self.path.parent}: cannot create the output folder ({exc.strerror or exc})") from exc
         self.every = every
         self.label = label if label is not None else self.path.stem
         self.experiment = experiment
@@ -303,6 +305,7 @@ class Recorder:
             if isinstance(value, torch.Tensor) and value.requires_grad:
                 scalars[name] = value.detach()  # a kept loss must not keep its autograd graph alive
         self._pending_scalars.append((step, time.time() - self._t0, scalars))
+        self._grads.finish_update()  # if step() runs inside the optimizer's post-hooks, before ours
         if not self._armed and len(self._pending_scalars) >= SCALAR_BATCH:
             self._send_scalars()  # bounded memory between recorded steps far apart
         if self._armed:
