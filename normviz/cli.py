@@ -48,6 +48,12 @@ def _new_run_folder(base: Path) -> Path:
     raise NormvizError(f"{base}: cannot create a new run folder")
 
 
+def _say(text: str, quiet: bool, *, err: bool = False) -> None:
+    """An informational line (the files written, where they went); ``--quiet`` silences it."""
+    if not quiet:
+        click.echo(text, err=err)
+
+
 def _progress(total: int, desc: str, quiet: bool) -> Any:
     from tqdm import tqdm
 
@@ -70,13 +76,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--experiment", "-e", "experiments", help="Built-in experiments, comma-separated (see --list).")
 @click.option("--list", "list_", is_flag=True, help="List the built-in experiments and exit.")
 @click.option("--norm", help="Norm kinds to run, comma-separated (default: every kind that applies).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps per run.")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Training steps per run; with SCRIPT, stop the script after N optimizer steps.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Record every N-th step.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(), help="Output folder (built-ins) or FILE.h5 (a script).")
+@click.option("--out", type=click.Path(),
+              help="Output folder (built-in experiments); FILE.h5 or an existing folder (SCRIPT).")
 @click.option("--overwrite", is_flag=True, help="Replace run files that already exist in --out.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only warnings and errors (no progress bar, no file list).")
 def record(
     script: str | None,
     script_args: Sequence[str],
@@ -91,7 +99,18 @@ def record(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Record runs: the built-in experiments (default: the seed's MLP and CNN) or SCRIPT."""
+    """Record runs: the built-in experiments (default: the seed's MLP and CNN) or SCRIPT.
+
+    \b
+    normviz record                                  the seed's MLP and CNN, every norm kind
+    normviz record -e resnet8 --norm batch,none     named experiments (see --list)
+    normviz record train.py -- --epochs 3           an unmodified script; its own arguments after --
+
+    A SCRIPT runs as `python SCRIPT ARGS` would, with its model found at its first
+    training forward and a step counted at each optimizer.step() (or
+    normviz.mark_step()); see docs/recording.md, "Script mode". Its run goes to a new
+    folder in ./normviz-runs unless --out names a FILE.h5 or an existing folder.
+    """
     from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
     from normviz.experiments.registry import iter_runs, run_experiment
 
@@ -102,7 +121,8 @@ def record(
             click.echo(f"{exp.name:<{width}}{','.join(exp.kinds):<40} {exp.description}{default}")
         return
     if script is not None:
-        _record_script(Path(script), list(script_args), out, every=every, steps=steps, seed=seed, overwrite=overwrite)
+        _record_script(Path(script), list(script_args), out, every=every, steps=steps, seed=seed, overwrite=overwrite,
+                       quiet=quiet)
         return
     names = _split(experiments) or list(DEFAULT_EXPERIMENTS)
     for name in names:
@@ -128,6 +148,11 @@ def record(
         folder.mkdir(parents=True, exist_ok=True)
     else:
         folder = _new_run_folder(RUNS_DIR)
+    if not overwrite:
+        for exp, kind in plan:
+            if (folder / f"{exp.name}-{kind}.h5").exists():
+                raise NormvizError(f"{folder / f'{exp.name}-{kind}.h5'}: file exists; normviz never overwrites a run "
+                                   "(use --overwrite)")
     total = sum(steps or exp.steps for exp, _ in plan)
     failed = []
     with _progress(total, "recording", quiet) as bar:
@@ -145,14 +170,15 @@ def record(
                 failed.append(f"{path.name}: {type(exc).__name__}: {exc}")
                 continue
             last = f"{losses[-1]:.4g}" if losses else "n/a"
-            click.echo(f"{path}\tfinal loss {last}")
-    click.echo(f"runs written to {folder}", err=True)
+            _say(f"{path}\tfinal loss {last}", quiet)
+    _say(f"runs written to {folder}", quiet, err=True)
     if failed:
         raise _Failed("; ".join(failed))
 
 
 def _record_script(
-    script: Path, argv: list[str], out: str | None, *, every: int, steps: int | None, seed: int, overwrite: bool
+    script: Path, argv: list[str], out: str | None, *, every: int, steps: int | None, seed: int, overwrite: bool,
+    quiet: bool,
 ) -> None:
     """``normviz record SCRIPT -- ARGS``: run an unmodified script with recording attached."""
     from normviz.record.script import ScriptRecorder
@@ -161,18 +187,40 @@ def _record_script(
         raise NormvizError(f"{script}: no such script")
     if argv and argv[0] == "--":
         argv = argv[1:]
+    created = None
     if out is not None and Path(out).suffix == ".h5":
         path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    elif out is not None and Path(out).is_dir():
+        path = Path(out) / f"{script.stem}.h5"
+    elif out is not None:
+        raise NormvizError(f"--out {out}: for a script, name a FILE.h5 or an existing folder")
     else:
-        folder = Path(out) if out is not None else _new_run_folder(RUNS_DIR)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{script.stem}.h5"
+        created = _new_run_folder(RUNS_DIR)
+        path = created / f"{script.stem}.h5"
+    if path.exists() and not overwrite:
+        raise NormvizError(f"{path}: file exists; normviz never overwrites a run (use --overwrite)")
     recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem)
-    status = recorder.run(script, argv)
-    click.echo(str(path))
+
+    def kept() -> str:
+        return f"the {recorder.steps} steps recorded before are in {path}" if recorder.steps else "nothing was recorded"
+
+    try:
+        status = recorder.run(script, argv)
+    except (Exception, KeyboardInterrupt) as exc:
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()  # a new run folder that holds nothing is not left behind
+        if isinstance(exc, NormvizError):
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo(f"normviz: interrupted; {kept()}", err=True)
+            raise SystemExit(130) from None
+        raise _Failed(f"{script} raised {type(exc).__name__}: {exc}; {kept()}") from exc
+    if recorder.steps:
+        _say(str(path), quiet)
+    elif created is not None and not any(created.iterdir()):
+        created.rmdir()
     if status != 0:
-        raise _Failed(f"{script} exited with status {status}; the steps recorded before are in {path}")
+        raise _Failed(f"{script} exited with status {status}; {kept()}")
 
 
 @cli.command()
