@@ -197,8 +197,18 @@ def _group_boxes(ax: Any, runs: list[tuple[Any, str, Any]], stat: str, row_of: d
             drawn += [float(v) for v in q]
             if role == "output":
                 drawn += _affine_reference(ax, run, layer, stat, row_of[id(run)], i + 0.42, labels[i])
-    ax.set_xticks(range(len(runs)), labels, rotation=30 if len(runs) > 3 else 0,
-                  ha="right" if len(runs) > 3 else "center")
+    # Slanted when the longest line of a label is wider than its slot (long layer names).
+    fig = ax.get_figure()
+    slot = ax.get_position().width * fig.get_figwidth() * 72.0 * 0.8 / max(1, len(runs))
+    size = ax.xaxis.get_ticklabels()[0].get_fontsize() if ax.xaxis.get_ticklabels() else 7.0
+    widest = max(common.text_width(line, size) for label in labels for line in label.split("\n"))
+    slant = widest > 0.9 * slot
+    # Slanted labels stand apart by slot · sin(angle): enough for their lines and a gap.
+    lines = max(label.count("\n") + 1 for label in labels)
+    angle = float(np.degrees(np.arcsin(min(1.0, (1.25 * lines * size + 2.0) / max(slot, 1e-9))))) if slant else 0.0
+    angle = min(90.0, max(30.0, np.ceil(angle / 5) * 5)) if slant else 0.0
+    ax.set_xticks(range(len(runs)), labels, rotation=angle, ha="right" if slant else "center",
+                  rotation_mode="anchor" if slant else "default")
     return drawn
 
 
@@ -227,6 +237,45 @@ def _bn_panel(axes: list[Any], run: Any, layer: str, rows: slice, color: str, ma
     axes[1].set_title("channel variance", loc="left", fontsize="small")
     if common.wants_log(batch_var, 10.0):
         axes[1].set_yscale("log")
+
+
+#: Two pairs of panels go side by side when a panel is at least this many font sizes wide
+#: (its x label "channel (24 of 512)" must fit): on ``paper-wide``, not on the narrower
+#: ``paper`` nor on the larger-type ``slides`` and ``notebook``.
+WIDE_PANEL_FONTS = 15.0
+#: Height of a row of each kind of panel pair, as a fraction of the paper style's width.
+ROW_HEIGHTS = {"channels": 0.42, "groups": 0.55, "bn": 0.5}
+
+
+def _pack(pairs: list[tuple[str, Any]], per_row: int) -> list[list[tuple[str, Any]]]:
+    """Pairs of panels in rows of ``per_row``; the per-channel rows first, the summaries on rows of their own."""
+    first = [p for p in pairs if p[0] == "channels"]
+    rest = [p for p in pairs if p[0] != "channels"]
+    return [chunk[i:i + per_row] for chunk in (first, rest) for i in range(0, len(chunk), per_row)]
+
+
+def _layer_pair(axes: list[Any], run: Any, layer: str, look: Any, picks: list[int], max_channels: int) -> None:
+    """A norm layer's channels before (input) and after (output) it, each on its own y scale:
+    a LayerNorm's input std of 0.02 would vanish on its output's scale."""
+    for ax, role in zip(axes, ("input", "output")):
+        _channel_panel(ax, run, layer, role, picks, look.color, max_channels)
+    axes[0].set_title("input", loc="left", fontsize="small", color=look.color)
+    axes[1].set_title("output (after γ/β)", loc="right", fontsize="small")
+    axes[0].set_ylabel("mean ± std")
+
+
+def _group_pair(axes: list[Any], groups: list[tuple[Any, str, Any]], last: dict[int, int], by_layer: bool) -> None:
+    for ax, stat, ref, title in ((axes[0], "group_mean", 0.0, "group means"),
+                                 (axes[1], "group_scale", 1.0, "group scales")):
+        # 0 / 1: what the kind's normalization holds fixed, before γ and β.
+        ax.axhline(ref, color="0.6", linewidth=0.6, linestyle="--", zorder=0)
+        values = _group_boxes(ax, groups, stat, last, by_layer=by_layer)
+        if not values:
+            ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center",
+                    fontsize="small", color="0.4")
+        ax.set_title(f"{title} (last step)", loc="left", fontsize="small")
+        if stat == "group_scale" and common.wants_log(values, 30.0):
+            ax.set_yscale("log")
 
 
 def draw(
@@ -262,48 +311,35 @@ def draw(
     groups = [(run, layer, looks[id(run)]) for run, layer in {(id(r), lay): (r, lay) for r, lay in plan}.values()
               if any(s.layer == layer and s.kind not in (None, "none") for s in run.sites)
               and _has_groups(run, layer, picks[id(run)])]
-    heights = [0.42] * len(plan) + ([0.55] if groups else []) + ([0.5] if bn else [])
-    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.15)
-    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
-    first = None
-    for i, (run, layer) in enumerate(plan):
-        look = looks[id(run)]
-        kind = {lay.name: (lay.kind, lay.module_type) for lay in run.layers}[layer]
-        for j, role in enumerate(("input", "output")):
-            ax = fig.add_subplot(grid[i, j], sharey=first)
-            first = first or ax
-            _channel_panel(ax, run, layer, role, picks[id(run)], look.color, max_channels)
-            head = look.label if len(runs) > 1 else f"{layer or '(root)'} {kind[1]}"
-            name = role if role == "input" else "output (after γ/β)"
-            # The output's title hugs the right edge, so a long layer name on the left has room.
-            ax.set_title(f"{head} · {name}" if j == 0 else name, loc="left" if j == 0 else "right", fontsize="small",
-                         color=look.color if j == 0 else "black")
-            if j == 0:
-                ax.set_ylabel("mean ± std")
+    # Pairs of panels (a layer's input and output; the group summaries; BatchNorm's
+    # statistics), one pair per row, or two side by side on a wide figure.
+    pairs: list[tuple[str, Any]] = [("channels", item) for item in plan]
+    pairs += [("groups", None)] if groups else []
+    pairs += [("bn", bn)] if bn else []
+    import matplotlib
+
+    per_row = 2 if fig.get_figwidth() * 72.0 / 4 >= WIDE_PANEL_FONTS * matplotlib.rcParams["font.size"] else 1
+    rows = _pack(pairs, per_row)
+    heights = [max(ROW_HEIGHTS[kind] for kind, _ in row) for row in rows]
+    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.15, panel_rows=len(rows))
+    # A thin heading row above each row of panels (the layer, or the run, of each pair).
+    ratios = [h for height in heights for h in (common.HEADING_RATIO, height)]
+    grid = fig.add_gridspec(2 * len(rows), 2 * per_row, height_ratios=ratios)
+    for r, row in enumerate(rows):
+        for c, (kind, item) in enumerate(row):
+            axes = [fig.add_subplot(grid[2 * r + 1, 2 * c]), fig.add_subplot(grid[2 * r + 1, 2 * c + 1])]
+            if kind == "channels":
+                run, layer = item
+                look = looks[id(run)]
+                module_type = {lay.name: lay.module_type for lay in run.layers}[layer]
+                head = look.label if len(runs) > 1 else f"{layer or '(root)'} {module_type}"
+                common.heading_row(fig, grid[2 * r, 2 * c:2 * c + 2], head, color=look.color)
+                _layer_pair(axes, run, layer, look, picks[id(run)], max_channels)
+            elif kind == "groups":
+                _group_pair(axes, groups, {id(run): picks[id(run)][-1] for run, _, _ in groups}, len(runs) == 1)
             else:
-                ax.tick_params(labelleft=False)
-            if i != len(plan) - 1 and ax.get_xlabel() == "channel":
-                ax.set_xlabel("")  # said once, under the last row (unless thinned)
-    row = len(plan)
-    if groups:
-        axes = [fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])]
-        last = {id(run): picks[id(run)][-1] for run, _, _ in groups}
-        for ax, stat, ref, title in ((axes[0], "group_mean", 0.0, "group means"),
-                                     (axes[1], "group_scale", 1.0, "group scales")):
-            # 0 / 1: what the kind's normalization holds fixed, before γ and β.
-            ax.axhline(ref, color="0.6", linewidth=0.6, linestyle="--", zorder=0)
-            values = _group_boxes(ax, groups, stat, last, by_layer=len(runs) == 1)
-            if not values:
-                ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center",
-                        fontsize="small", color="0.4")
-            ax.set_title(f"{title} (last step)", loc="left", fontsize="small")
-            if stat == "group_scale" and common.wants_log(values, 30.0):
-                ax.set_yscale("log")
-        row += 1
-    if bn:
-        run, layer = bn
-        axes = [fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])]
-        _bn_panel(axes, run, layer, windows[id(run)], looks[id(run)].color, max_points)
+                run, layer = item
+                _bn_panel(axes, run, layer, windows[id(run)], looks[id(run)].color, max_points)
     handles = [Line2D([], [], linestyle="none", marker="o", markersize=3, color=c)
                for c in common.shades("#555555", 3, lightest=0.65)]
     labels = ["first step", "middle", "last"]

@@ -1,14 +1,17 @@
-"""Built-in renderer ``covariate-shift``: how much each layer's input distribution moves.
+"""Built-in renderer ``covariate-shift``: how much what enters each layer moves during training.
 
-Top: the drift of each layer's input distribution between consecutive
-recorded steps (:func:`normviz.analysis.channel_drift`: the mean over channels
-of the symmetric KL divergence between per-channel Gaussians, each channel's
-variance floored at 5 % of the layer's pooled variance so that near-constant
-channels do not blow it up, hence the axis label "floored sym. KL"; for norm layers
-their input, for other layers their output, i.e. what enters the next layer,
-see :mod:`normviz.analysis`). One run: one line per layer, lighter for
-shallower layers. Several runs: one panel per layer, runs overlaid on shared
-axes so that, e.g., none vs batch can be compared at a glance.
+Top: the drift between consecutive recorded steps of what enters each layer
+(:func:`normviz.analysis.channel_drift`: the mean over channels of the
+symmetric KL divergence between per-channel Gaussians, each channel's variance
+floored at 5 % of the layer's pooled variance so that near-constant channels do
+not blow it up). For a norm layer that is its input ("in"); for another layer,
+its output ("out"), i.e. what enters the layer after it (see
+:mod:`normviz.analysis`). The figure says so above the top panel, with how
+many of the model's layers are drawn. One run: one line per layer, up to
+3 × ``max_layers`` layers evenly spaced in depth, lighter for shallower layers
+and changing line style from one to the next (nine shades of one colour alone
+cannot be told apart). Several runs: one panel per layer, runs overlaid on
+shared axes so that, e.g., none vs batch can be compared at a glance.
 
 Bottom: Ioffe & Szegedy (2015, Fig. 1) bands: the 15th, 50th and 85th
 percentiles of the values entering and leaving a norm layer (by default the
@@ -33,6 +36,10 @@ from normviz.plot import common
 
 #: Percentile levels of the bands (Ioffe & Szegedy 2015, Figure 1).
 BAND_LEVELS = (15.0, 50.0, 85.0)
+#: Line styles of one run's layers, in turn: neighbouring shades of one colour differ in style.
+LAYER_STYLES = ("-", "--", ":", "-.")
+#: The drift measure, as the figure explains it (see :func:`normviz.analysis.channel_drift`).
+DRIFT_MEASURE = "sym. KL between each channel's Gaussians, mean over channels (variances floored at 5 % of the layer's)"
 
 
 def _sites(run: Any, layers: str | None) -> list[analysis.DriftSite]:
@@ -120,7 +127,8 @@ def draw(
     drift_rows = 1 if single else len(panels)
     heights = [0.6] if single else [0.32] * drift_rows
     heights.append(0.6)
-    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.1)
+    # Stacked drift panels share their x axis: they need less room for text than a full row.
+    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.1, panel_rows=1.5 + (0 if single else 0.55 * drift_rows))
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
     drift_axes: list[Any] = []
     handles: list[Line2D] = []
@@ -132,16 +140,22 @@ def draw(
     for r, (run, look, per_run, (rows, diverged)) in enumerate(zip(runs, looks, drifts, windows)):
         x = np.asarray(run.steps[rows], dtype=np.float64)
         shown = [(site, _drift(run, site, rows)) for site in per_run if site.key in panels]
+        # One run: a shade per layer, lighter for shallower ones, and a line style that
+        # changes from each line to the next, so neighbouring shades stay apart.
         colors = common.shades(look.color, len(shown)) if single else [look.color] * len(shown)
-        for color, (site, d) in zip(colors, shown):
+        for i, (color, (site, d)) in enumerate(zip(colors, shown)):
             ax = drift_axes[0] if single else drift_axes[panels.index(site.key)]
-            common.line(ax, x, d, max_points=max_points, color=color,
-                        linestyle="-" if single else look.linestyle, gid=f"drift:{run.label}:{site.layer}:{site.role}")
+            style = LAYER_STYLES[i % len(LAYER_STYLES)] if single else look.linestyle
+            common.line(ax, x, d, max_points=max_points, color=color, linestyle=style,
+                        gid=f"drift:{run.label}:{site.layer}:{site.role}")
             common.mark_nonfinite(ax, diverged, label=False)
             if single:
-                handles.append(Line2D([], [], color=color))
+                handles.append(Line2D([], [], color=color, linestyle=style))
                 labels.append(f"{site.label} {site.module_type}")
     values = np.concatenate([common.drawn_values(ax) for ax in drift_axes])
+    total = len({key for k in keys for key in k})
+    what = (f"{len(panels)} of {total} layers, evenly spaced in depth" if len(panels) < total
+            else f"all {total} layers")
     for p, ax in enumerate(drift_axes):
         if common.positive(values):
             ax.set_yscale("log")
@@ -149,11 +163,13 @@ def draw(
         if not single:
             layer, role = panels[p]
             ax.set_title(titles.get(panels[p], f"{layer or '(root)'} {role}"), loc="left", fontsize="small")
-    if single:
-        drift_axes[0].set_title("drift of each layer's input between recorded steps", loc="left", fontsize="small")
+    # What the drift is, said where the reader looks first: above the top panel.
+    top = drift_axes[0]
+    below = "" if single else f"\n{top.get_title(loc='left')}"
+    text = f"drift between recorded steps of what enters each layer ({what}): {DRIFT_MEASURE}"
+    top.set_title(text.split(":")[0] + below, loc="left", fontsize="small")  # wrapped once laid out, below
     common.step_axis(drift_axes[-1])
-    # Sym. KL with each channel's variance floored at 5% of the layer's (analysis.channel_drift).
-    drift_axes[len(drift_axes) // 2].set_ylabel("floored sym. KL (nats)")
+    drift_axes[len(drift_axes) // 2].set_ylabel("drift (nats)")
     band_axes = [fig.add_subplot(grid[-1, 0]), fig.add_subplot(grid[-1, 1])]
     band_axes[1].sharey(band_axes[0])
     band_axes[1].sharex(band_axes[0])
@@ -179,15 +195,17 @@ def draw(
         common.step_axis(ax)
         if not drawn[role]:
             common.no_data(ax, f"{role} of {name or '(root)'} not recorded")
-    band_axes[0].set_ylabel("{:g}/{:g}/{:g}th percentiles".format(*BAND_LEVELS))
+    band_axes[0].set_ylabel("{:g}/{:g}/{:g}th pct.".format(*BAND_LEVELS))
     band_axes[1].tick_params(labelleft=False)
     if not single:
         handles, labels = common.look_handles(looks)
     if any(d is not None for _, d in windows):
         handles, labels = [*handles, common.nonfinite_handle()], [*labels, "non-finite"]
     common.figure_legend(fig, handles, labels,
-                         title="layer (lighter = shallower)" if single else common.legend_title(runs))
+                         title="in: a norm layer's input; out: a layer's output (lighter = shallower)"
+                         if single else common.legend_title(runs))
     common.figure_title(fig, "internal covariate shift", runs)
+    common.wrap_titles_to_panels(fig, [(top, text, below)])
     return fig
 
 

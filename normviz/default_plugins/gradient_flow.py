@@ -9,8 +9,11 @@
 - The update-to-weight ratio ‖Δw‖/‖w‖ of each optimizer step, with the usual
   1e-3 rule of thumb marked.
 
-Lines of one run share its kind's colour, lighter for shallower layers. A run
-that became non-finite is drawn up to that step, marked in red.
+Lines of one run share its kind's colour, lighter for shallower layers. Several
+runs: |grad| across depth instead (the median over steps per layer; mean |grad|
+as a line in the run's style, max |grad| as hollow markers) and the update ratio's
+median over layers. A run that became non-finite is drawn up to that step, marked
+in red.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def _depth_profile(ax_g: Any, ax_r: Any, runs: list[Any], data: list[dict[str, A
             peak = np.nanmedian(np.where(np.isfinite(d["grad_abs_max"]), d["grad_abs_max"], np.nan), axis=0)
             ax_g.plot(x, mean, color=look.color, linestyle=look.linestyle, marker=look.marker,
                       gid=f"grad_abs_mean:{run.label}")
-            ax_g.plot(x, peak, color=look.color, linestyle=":", linewidth=0.8, marker=look.marker,
+            # Hollow markers alone: a dotted line would look like a kind drawn dotted (GroupNorm).
+            ax_g.plot(x, peak, color=look.color, linestyle="none", marker=look.marker,
                       fillstyle="none", gid=f"grad_abs_max:{run.label}")
             ratio = np.where(np.isfinite(d["update_ratio"]), d["update_ratio"], np.nan)
             common.line(ax_r, d["steps"], np.nanmedian(ratio, axis=1) if ratio.shape[1] else ratio[:, 0],
@@ -108,7 +112,7 @@ def _depth_profile(ax_g: Any, ax_r: Any, runs: list[Any], data: list[dict[str, A
     picks = analysis.pick_rows(len(order), 6)
     ax_g.set_xticks(picks, [order[i] or "(root)" for i in picks], rotation=30, ha="right", fontsize="x-small")
     ax_g.set_xlabel("layer (input → output)")
-    ax_g.set_title("median |grad| per layer (dotted: max)", loc="left", fontsize="small")
+    ax_g.set_title("median |grad| per layer (hollow: max)", loc="left", fontsize="small")
 
 
 def draw(
@@ -136,7 +140,8 @@ def draw(
     single = len(runs) == 1
     heat_h = [min(0.5, 0.14 + 0.03 * len(d["names"])) for d in data]
     ratios = heat_h + [0.5, 0.45]
-    common.fit_rows(fig, 1, row_ratio=sum(ratios) + 0.1)
+    # A heatmap needs room for its title and a few layer names; the two line panels, full rows.
+    common.fit_rows(fig, 1, row_ratio=sum(ratios) + 0.1, panel_rows=2.3 + 0.5 * len(data))
     grid = fig.add_gridspec(len(ratios), 1, height_ratios=ratios)
     vmin, vmax = analysis.log_limits(*(d["grad_norm"] for d in data))
     norm = LogNorm(vmin=vmin, vmax=vmax)
@@ -183,15 +188,17 @@ def draw(
     ax_r.axhline(RATIO_REFERENCE, color="0.5", linewidth=0.6, linestyle="--", zorder=0)
     ax_g.set_ylabel("|grad|")
     ax_r.set_ylabel(r"$\|\Delta W\| / \|W\|$")
-    ax_r.set_title("update-to-weight ratio" + ("" if single else ", median over layers"), loc="left",
-                   fontsize="small")
+    ratio_title = "update-to-weight ratio" + ("" if single else ", median over layers")
+    ax_r.set_title(ratio_title, loc="left", fontsize="small")
     common.step_axis(ax_r)
     if any(d["diverged"] is not None for d in data):
         handles = [*handles, common.nonfinite_handle()]
         labels = [*labels, "non-finite"]
     common.figure_legend(fig, handles, labels, title=title)
     common.figure_title(fig, "gradient flow", runs)
-    _fit_layer_ticks(fig, heat_axes, data)
+    _fit_layer_ticks(fig, heat_axes, data)  # runs the layout, which the titles reuse
+    common.wrap_titles_to_panels(fig, [(ax_r, ratio_title, ""), (ax_g, ax_g.get_title(loc="left"), "")],
+                                 layout=False)
     return fig
 
 

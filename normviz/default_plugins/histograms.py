@@ -124,26 +124,27 @@ def draw(
     norm = LogNorm(vmin=1.0, vmax=max(peak, 10.0))
     looks = {id(r): lk for r, lk in zip(runs, common.run_looks(runs))}
     heights = [0.42 if data else 0.12 for _, _, data, _ in panels]
-    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.12)
-    grid = fig.add_gridspec(len(panels), 2, height_ratios=heights)
+    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.12, panel_rows=0.3 + 0.85 * len(panels))
+    # A thin heading row above each row of panels names its layer (or run) across both panels.
+    ratios = [h for height in heights for h in (common.HEADING_RATIO, height)]
+    grid = fig.add_gridspec(2 * len(panels), 2, height_ratios=ratios)
     mesh = None
     all_axes: list[Any] = []
     last_row: list[Any] = []
     last = max((i for i, p in enumerate(panels) if p[2]), default=-1)
     for i, (run, title, data, diverged) in enumerate(panels):
         color = looks[id(run)].color
+        common.heading_row(fig, grid[2 * i, :], title, color=color)
         if not data:
-            ax = fig.add_subplot(grid[i, :])
+            ax = fig.add_subplot(grid[2 * i + 1, :])
             common.no_data(ax, f"layer {plan_layer!r} not recorded in {run.label}")
-            ax.set_title(title, loc="left", fontsize="small", color=color)
             continue
-        spans = [grid[i, :]] if len(data) == 1 else [grid[i, 0], grid[i, 1]]
+        spans = [grid[2 * i + 1, :]] if len(data) == 1 else [grid[2 * i + 1, 0], grid[2 * i + 1, 1]]
         for j, (spec, (layer, role, d)) in enumerate(zip(spans, data)):
             ax = fig.add_subplot(spec, sharex=all_axes[0] if all_axes else None)
             mesh = _panel(ax, d, norm, gid=f"hist:{run.label}:{layer}:{role}")
             common.mark_nonfinite(ax, diverged, label=False)
-            ax.set_title(f"{title} · {role}" if j == 0 else role, loc="left", fontsize="small",
-                         color=color if j == 0 else "black")
+            ax.set_title(role, loc="left", fontsize="small", color=color if j == 0 else "black")
             if j == 0:
                 ax.set_ylabel("value")
             ax.tick_params(labelbottom=(i == last))

@@ -70,8 +70,8 @@ def draw(
     merged = [r for r in merge_ranks(given) if isinstance(r, MergedRun) and len(r.ranks) > 1]
     if not merged:
         raise MissingDataError(
-            "ranks: every run has a single rank (" + ", ".join(str(r.path) for r in given)
-            + "); record each torchrun rank with normviz.distributed.rank_path"
+            f"ranks: every run has a single rank ({len(given)} run{'s' if len(given) > 1 else ''}); "
+            "record each torchrun rank with normviz.distributed.rank_path to compare ranks"
         )
     merged = common.sort_runs(merged)
     looks = common.run_looks(merged)
@@ -85,11 +85,15 @@ def draw(
         raise MissingDataError("ranks: no BatchNorm layer" + (f" matches {layers!r}" if layers else "")
                                + " in " + ", ".join(r.label for r in merged))
     heights = [0.42] * len(shown) + [0.6]
-    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.15)
-    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
+    common.fit_rows(fig, 1, row_ratio=sum(heights) + 0.15, panel_rows=0.3 + len(heights))
+    # A thin heading row above each BatchNorm's pair of panels names the layer across both.
+    ratios = [h for height in heights[:-1] for h in (common.HEADING_RATIO, height)] + heights[-1:]
+    grid = fig.add_gridspec(len(ratios), 2, height_ratios=ratios)
     top = None
     for i, name in enumerate(shown):
-        axes = [fig.add_subplot(grid[i, 0], sharex=top), fig.add_subplot(grid[i, 1], sharex=top)]
+        kind = next((lay.module_type for lay in merged[0].layers if lay.name == name), "")
+        common.heading_row(fig, grid[2 * i, :], f"{name or '(root)'} {kind}".strip())
+        axes = [fig.add_subplot(grid[2 * i + 1, 0], sharex=top), fig.add_subplot(grid[2 * i + 1, 1], sharex=top)]
         top = top or axes[0]
         for run, look, sp in zip(merged, looks, spreads):
             s = next((x for x in sp if x.layer == name), None)
@@ -102,10 +106,8 @@ def draw(
                 if s.synced:
                     ax.plot(x, np.nanmean(local, axis=1), color=look.color, linestyle=":", linewidth=0.8,
                             alpha=0.8, gid=f"local:{run.label}:{name}")
-        kind = next((lay.module_type for lay in merged[0].layers if lay.name == name), "")
-        axes[0].set_title(f"{name or '(root)'}: batch mean, |m_r − m| / σ", loc="left", fontsize="small")
-        axes[1].set_title("batch variance, |log(v_r / v)|", loc="left", fontsize="small")
-        axes[0].set_ylabel(kind, fontsize="x-small")
+        axes[0].set_title("batch mean:\n|m_r − m| / σ", loc="left", fontsize="small")
+        axes[1].set_title("batch variance:\n|log(v_r / v)|", loc="left", fontsize="small")
         for ax in axes:
             _floor(ax)
             if i == len(shown) - 1:
@@ -113,7 +115,7 @@ def draw(
             else:
                 ax.tick_params(labelbottom=False)
     # Spread against the values per channel per rank.
-    ax = fig.add_subplot(grid[len(shown), 0])
+    ax = fig.add_subplot(grid[-1, 0])
     ns = []
     for run, look, sp in zip(merged, looks, spreads):
         for s in sp:
@@ -134,11 +136,12 @@ def draw(
                 linewidth=0.8, gid="iid")
     ax.set_xscale("log")
     _floor(ax)
-    ax.set_xlabel("values per channel per rank (numel / C)")
+    ax.set_xlabel("values per channel\nper rank (numel / C)")
     ax.set_ylabel("mean |m_r − m| / σ")
     ax.set_title("spread vs per-rank batch", loc="left", fontsize="small")
+    spread_ax = ax
     # Running means after each step: measured agreement between ranks.
-    ax = fig.add_subplot(grid[len(shown), 1])
+    ax = fig.add_subplot(grid[-1, 1])
     for run, look, sp in zip(merged, looks, spreads):
         vals = [np.nanmean(s.running_mean, axis=1) for s in sp if s.layer in shown and np.isfinite(s.running_mean).any()]
         if not vals:
@@ -147,7 +150,9 @@ def draw(
         ax.plot(x, np.mean(vals, axis=0), color=look.color, linestyle=look.linestyle, linewidth=1.0,
                 gid=f"running:{run.label}")
     _floor(ax)
-    ax.set_title("ranks' running means disagree by", loc="left", fontsize="small")
+    running_title = "ranks' running means disagree by"
+    ax.set_title(running_title, loc="left", fontsize="small")
+    running_ax = ax
     ax.set_ylabel("|rm_r − rm| / σ")
     common.step_axis(ax)
     handles, labels = common.look_handles(looks)
@@ -158,6 +163,7 @@ def draw(
     labels.append("independent values")
     common.figure_legend(fig, handles, labels, title=common.legend_title(merged), ncols=2)
     common.figure_title(fig, f"per-rank BatchNorm statistics ({world} ranks)", merged)
+    common.wrap_titles_to_panels(fig, [(running_ax, running_title, ""), (spread_ax, "spread vs per-rank batch", "")])
     return fig
 
 

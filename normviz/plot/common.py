@@ -19,6 +19,7 @@ Nothing here touches pyplot or rcParams.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,8 @@ _SAME_KIND_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1)), (0, (1,
 def run_looks(runs: Sequence[Any]) -> list[RunLook]:
     """One :class:`RunLook` per run, in the order given.
 
-    Runs of distinct kinds are coloured by kind and named by kind. Runs that all
+    Runs of distinct kinds are coloured by kind and named by kind (a run of
+    kind ``mixed``, by its label). Runs that all
     share one kind (e.g. Pre-LN vs Post-LN) are coloured and named by label.
     Otherwise runs are coloured by kind, and runs sharing a kind are told apart
     by line style and named ``"kind: label"``.
@@ -129,8 +131,11 @@ def run_looks(runs: Sequence[Any]) -> list[RunLook]:
             for r in runs
         ]
     if len(set(kinds)) == len(kinds):
+        # "mixed" says nothing about a run: it is named by its label.
         return [
-            RunLook(kind_color(k), kind_linestyle(k), kind_marker(k), str(k), str(k)) for k in kinds
+            RunLook(kind_color(r.norm_kind), kind_linestyle(r.norm_kind), kind_marker(r.norm_kind),
+                    str(r.label) if r.norm_kind == "mixed" else str(r.norm_kind), str(r.norm_kind))
+            for r in runs
         ]
     seen: dict[str, int] = {}
     looks = []
@@ -236,7 +241,25 @@ def _style_limit(width: float) -> float | None:
 PAPER_ROW_ASPECT = 0.75
 
 
-def fit_rows(fig: Figure, nrows: float, *, row_ratio: float | None = None) -> None:
+#: Fewest points a row of panels takes, in font sizes: its title, x tick labels and
+#: x label, and a body tall enough for three labelled y ticks (see :func:`fit_rows`).
+PANEL_ROW_FONTS = 10.5
+
+# The least height each figure's panels need (inches), set by fit_rows and kept
+# when figure_legend adds the legend below them.
+_PANEL_FLOOR: weakref.WeakKeyDictionary[Figure, float] = weakref.WeakKeyDictionary()
+
+
+def panel_row_inches() -> float:
+    """Height in inches one row of panels needs for its text in the active style."""
+    import matplotlib
+    from matplotlib.font_manager import FontProperties
+
+    size = FontProperties(size=matplotlib.rcParams["font.size"]).get_size_in_points()
+    return PANEL_ROW_FONTS * size / 72.0
+
+
+def fit_rows(fig: Figure, nrows: float, *, row_ratio: float | None = None, panel_rows: float | None = None) -> None:
     """Set the figure height for ``nrows`` rows of panels, keeping its width.
 
     A row is as high as the active style's rows (the aspect of its
@@ -244,7 +267,10 @@ def fit_rows(fig: Figure, nrows: float, *, row_ratio: float | None = None) -> No
     styles). ``row_ratio`` overrides the height of a row, as a fraction of the
     width in the ``paper`` style; other styles scale it by their own aspect.
     The height is capped at what the style allows (9 in for the paper styles,
-    one slide for ``slides``).
+    one slide for ``slides``), but never below what ``panel_rows`` rows of panels
+    need for their text (:func:`panel_row_inches` each, plus the figure title):
+    a figure with more rows than the medium holds grows past it rather than
+    printing its labels over each other. ``panel_rows`` defaults to ``nrows``.
     """
     import matplotlib
 
@@ -256,7 +282,10 @@ def fit_rows(fig: Figure, nrows: float, *, row_ratio: float | None = None) -> No
     limit = _style_limit(width)
     if limit is not None:
         height = min(height, limit)
-    fig.set_size_inches(width, height)
+    rows = max(nrows, 1) if panel_rows is None else panel_rows
+    floor = rows * panel_row_inches() + 2 * panel_row_inches() / PANEL_ROW_FONTS  # + the figure title
+    _PANEL_FLOOR[fig] = floor
+    fig.set_size_inches(width, max(height, floor))
 
 
 def shades(color: str, n: int, *, lightest: float = 0.6) -> list[str]:
@@ -320,7 +349,7 @@ def wants_log(values: Any, ratio: float = 30.0) -> bool:
     return bool(finite.max() / finite.min() > ratio)
 
 
-def _text_width(text: str, size: float) -> float:
+def text_width(text: str, size: float) -> float:
     """Width in points of ``text`` at font ``size`` in the active style's font."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextToPath
@@ -331,6 +360,9 @@ def _text_width(text: str, size: float) -> float:
     lines = str(text).split("\n")
     return max(TextToPath().get_text_width_height_descent(line, FontProperties(size=size), ismath=ismath)[0]
                for line in lines)
+
+
+_text_width = text_width  # the name it had before it was public
 
 
 #: Legend layout constants, in font sizes (those :func:`figure_legend` passes).
@@ -346,9 +378,9 @@ def legend_columns(labels: Sequence[str], width_in: float, size: float, cols: in
     too wide (or the title is).
     """
     avail = width_in * 72.0 * 0.98
-    widths = [_text_width(str(label), size) for label in labels]
+    widths = [text_width(str(label), size) for label in labels]
     entry = (_HANDLE_LENGTH + _HANDLE_PAD) * size
-    if title and _text_width(title, size) + _FRAME * size > avail:
+    if title and text_width(title, size) + _FRAME * size > avail:
         return 0
     for c in range(max(1, min(cols, len(widths))), 0, -1):
         rows = -(-len(widths) // c)
@@ -405,6 +437,8 @@ def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
     cols = max(fit, 1)
     extra = extra_for(cols, fontsize)
     new_height = height + extra if limit is None else min(limit, height + extra)
+    # The panels keep the height their text needs (fit_rows), limit or not.
+    new_height = max(new_height, _PANEL_FLOOR.get(fig, 0.0) + extra)
     fig.set_size_inches(width, new_height)
     return fig.legend(list(handles), list(labels), loc="outside lower center", ncols=cols, title=title,
                       handlelength=_HANDLE_LENGTH, handletextpad=_HANDLE_PAD, columnspacing=_COLUMN_SPACING,
@@ -460,11 +494,60 @@ def wrap_title(parts: Sequence[str], width_pt: float, size: float | str = "mediu
     points = FontProperties(size=size).get_size_in_points()
     lines: list[str] = []
     for part in parts:
-        if lines and _text_width(f"{lines[-1]} · {part}", points) <= width_pt:
+        if lines and text_width(f"{lines[-1]} · {part}", points) <= width_pt:
             lines[-1] = f"{lines[-1]} · {part}"
         else:
             lines.append(part)
     return "\n".join(lines)
+
+
+#: Height of a :func:`heading_row` in a gridspec's ``height_ratios``, relative to panel rows near 0.5.
+HEADING_RATIO = 0.001
+
+
+def heading_row(fig: Figure, spec: Any, text: str, *, color: str = "black") -> Axes:
+    """A heading over the panels of a row: an empty axes at ``spec`` (a thin gridspec row
+    above them, ``HEADING_RATIO`` high) whose left title is ``text``.
+
+    A layer's name then spans its whole row (input and output panels) without widening
+    one panel's column or touching the panels' own titles, as a long title of the first
+    panel would.
+    """
+    ax = fig.add_subplot(spec)
+    ax.set_axis_off()
+    ax.set_title(text, loc="left", fontsize="small", color=color)
+    ax.set_gid("heading")
+    return ax
+
+
+def wrap_words(text: str, width_pt: float, size: float | str = "medium") -> str:
+    """``text`` broken into lines between words, each at most ``width_pt`` wide at font ``size``."""
+    from matplotlib.font_manager import FontProperties
+
+    points = FontProperties(size=size).get_size_in_points()
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_width(f"{lines[-1]} {word}", points) <= width_pt:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def wrap_titles_to_panels(fig: Figure, titles: Sequence[tuple[Axes, str, str]], *, fontsize: str = "small",
+                          layout: bool = True) -> None:
+    """Set the left title of each ``(ax, text, after)``: ``text``, its words wrapped to the width
+    from the panel's left edge to the figure's right edge, then ``after`` as it is.
+
+    Call it last: the layout (run here once, unless ``layout`` is False because the
+    caller just ran it) decides where each panel starts.
+    """
+    engine = fig.get_layout_engine()
+    if layout and engine is not None:
+        engine.execute(fig)
+    for ax, text, after in titles:
+        width = (1.0 - ax.get_position().x0) * fig.get_figwidth() * 72.0 - 4.0
+        ax.set_title(wrap_words(text, width, fontsize) + after, loc="left", fontsize=fontsize)
 
 
 def focus_layer(runs: Sequence[Any], layers: str | None = None, *, deepest: bool = False) -> str | None:

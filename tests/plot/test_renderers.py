@@ -270,3 +270,18 @@ def test_gradient_flow_heatmap_ticks_fit_short_panels(contract_runs, kind_runs):
         pt_per_row = ax.get_position().height * height / rows
         if len(ticks) > 1:
             assert np.min(np.diff(ticks)) * pt_per_row >= size  # labels do not overlap
+
+
+def test_a_run_of_mixed_norms_is_named_by_its_label(tmp_path):
+    """Item 7: the loss legend of a model with BatchNorm and LayerNorm says its label, not "mixed"."""
+    import torch
+    from torch import nn
+
+    from normviz.testing import record_run
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.LayerNorm(4))
+    run = record_run(tmp_path / "both.h5", model, lambda g: torch.randn(6, 3, generator=g), steps=2,
+                     label="bn-then-ln")
+    assert run.norm_kind == "mixed"
+    fig = normviz.plot(run, "loss")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bn-then-ln"]
