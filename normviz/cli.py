@@ -269,6 +269,7 @@ def plot(
         if r not in known:
             raise NormvizError(f"unknown renderer {r!r} (--renderer); known: {', '.join(sorted(known))}")
     out_dir = Path(out) if out else FIGURES_DIR / name
+    existed = out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -300,19 +301,21 @@ def plot(
     finally:
         for run in opened:
             run.close()
+        if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # made for this drawing, which wrote nothing
     for path in report.written:
-        click.echo(str(path))
-    # A renderer of the default set that does not apply (no norm layer, a single rank) is
-    # skipped quietly; one asked for by name says why it drew nothing.
+        _say(str(path), quiet)
+    # Every renderer that drew nothing says why, asked for by name or not.
     for renderer, message in report.skipped.items():
-        if wanted:
-            click.echo(f"normviz: skipped renderer {renderer!r} on {message}", err=True)
+        click.echo(f"normviz: skipped renderer {renderer!r}: {message}", err=True)
     for renderer, message in report.failures.items():
         click.echo(f"normviz: {message}", err=True)
     if report.failures:
-        raise _Failed(f"{len(report.failures)} renderer(s) failed; the other figures were written")
-    if wanted and not report.written:
-        raise _Failed("no figure was written: the requested renderers lack the data they need")
+        n = len(report.failures)
+        rest = "the other figures were written" if report.written else "no figure was written"
+        raise _Failed(f"{n} renderer{'s' if n > 1 else ''} failed ({', '.join(report.failures)}); {rest}")
+    if not report.written:
+        raise NormvizError("nothing drawn: every renderer lacked the data it needs (see above)")
 
 
 def _follow(opened: list[Any], draw: Any, report: Any, interval: float, rescan: Any) -> Any:
@@ -412,8 +415,9 @@ def info(run: str, as_json: bool) -> None:
             return
         click.echo(f"{r.path}: normviz run, schema {r.schema_version}")
         click.echo(f"  label {data['label']!r}, experiment {data['experiment']}, norm kind {data['norm_kind']}")
-        click.echo(f"  rank {data['rank']} of {data['world_size']}; {data['steps']} recorded steps "
-                   f"(training steps {data['first_step']}..{data['last_step']}), {data['steps_seen']} steps seen, "
+        span = f" (training steps {data['first_step']}..{data['last_step']})" if data["steps"] else ""
+        click.echo(f"  rank {data['rank']} of {data['world_size']}; {data['steps']} recorded steps{span}, "
+                   f"{data['steps_seen']} steps seen, "
                    f"{'closed cleanly' if data['clean'] else 'not closed (still being written, or killed)'}")
         click.echo(f"  scalars: {', '.join(data['scalars']) or '-'}")
         click.echo("  layers:")
@@ -429,13 +433,16 @@ def info(run: str, as_json: bool) -> None:
                 except NormvizError:
                     continue
                 click.echo(f"  BatchNorm {layer.name!r} at the last recorded step:")
-                click.echo(f"    running_mean {_fmt(rm)}")
-                click.echo(f"    running_var  {_fmt(rv)}")
+                click.echo(f"    running_mean {_fmt(rm, layer.channels)}")
+                click.echo(f"    running_var  {_fmt(rv, layer.channels)}")
 
 
-def _fmt(values: Any, n: int = 6) -> str:
+def _fmt(values: Any, channels: int | None, n: int = 6) -> str:
+    """The first values of a stored per-channel series, and how many of the layer's channels it keeps."""
     shown = ", ".join(f"{v:.4f}" for v in values[:n])
-    return f"[{shown}{', ...' if len(values) > n else ''}] ({len(values)} channels)"
+    kept = len(values)
+    of = f"{kept} of {channels} channels kept" if channels and channels > kept else f"{kept} channels"
+    return f"[{shown}{', ...' if kept > n else ''}] ({of})"
 
 
 def info_dict(run: Any) -> dict[str, Any]:

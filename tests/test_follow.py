@@ -118,8 +118,9 @@ def test_follow_on_a_folder_joins_run_files_that_appear_later(tmp_path):
     try:
         _wait_for_rows(first, 1, procs[0])
         follow = subprocess.Popen(
+            # not -q: the files written are listed on stdout (-q prints only warnings and errors)
             [sys.executable, "-m", "normviz", "plot", str(folder), "-r", "loss", "--format", "png", "--out",
-             str(tmp_path / "figs"), "-q", "--follow", "--interval", "0.3"],
+             str(tmp_path / "figs"), "--follow", "--interval", "0.3"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         time.sleep(1.0)  # the follower has drawn the first file alone by now

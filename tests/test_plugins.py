@@ -111,6 +111,23 @@ def test_renderer_that_raises_does_not_stop_the_others(plugin_env, tmp_path):
     assert not any(n.startswith(".") or n.endswith(".tmp") for n in written)  # nothing half-written
 
 
+def test_the_only_renderer_asked_for_raising_is_reported_as_such(plugin_env, tmp_path):
+    """Not "1 renderer(s) failed; the other figures were written" when no other figure was asked for."""
+    path = tmp_path / "r.h5"
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    with normviz.Recorder(model, path) as rec:
+        loss = model(torch.randn(5, 3)).square().mean()
+        loss.backward()
+        rec.step(loss=loss)
+    proc = subprocess.run(
+        [sys.executable, "-m", "normviz", "plot", str(path), "--out", "figs", "--renderer", "explodes"],
+        capture_output=True, text=True, env=plugin_env, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert "1 renderer failed (explodes); no figure was written" in proc.stderr
+    assert "other figures" not in proc.stderr
+
+
 def test_plugin_named_explicitly_by_module(tmp_path, monkeypatch):
     (tmp_path / "my_plugin_mod.py").write_text(RAISING_RENDERER.replace("explodes", "mine"))
     monkeypatch.syspath_prepend(str(tmp_path))

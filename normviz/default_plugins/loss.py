@@ -100,6 +100,9 @@ def draw(
         values = np.concatenate(drawn) if drawn else np.array([])
         if common.wants_log(values):
             ax.set_yscale("log")
+    if not any(common.drawn_values(ax).size for ax in axes):
+        where = "" if window is None else f" between steps {window.start or 0}:{'' if window.stop is None else window.stop}"
+        raise MissingDataError(f"loss: no value of {', '.join(names)} was recorded{where}")
     common.step_axis(axes[-1])
     handles, labels = common.look_handles(looks)
     if any(ax.findobj(match=lambda a: getattr(a, "get_gid", lambda: None)() == "nonfinite") for ax in axes):

@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from normviz.errors import MissingDataError, UsageError
 from normviz.plot.common import as_runs, parse_steps, sort_runs
 from normviz.plot.save import parse_formats, save_all
 from normviz.plot.style import STYLES, new_figure, style_context
+from normviz.plot.ticks import declutter
 
-__all__ = ["RenderReport", "figure_name", "group_runs", "parse_steps", "plot", "render_to_files"]
+__all__ = ["RenderReport", "check_selection", "drew_data", "figure_name", "group_runs", "parse_steps", "plot",
+           "render_to_files"]
 
 #: Options :func:`render_to_files` passes to a renderer that declares them in ``Renderer.options``.
 COMMON_OPTIONS: tuple[str, ...] = ("layers", "steps")
@@ -55,6 +58,7 @@ def _draw(renderer: Any, runs: list[Any], style: str, options: dict[str, Any]) -
     result = renderer.draw(runs, fig, **options)
     if not isinstance(result, Figure):
         raise TypeError(f"renderer {renderer.name!r} returned {type(result).__name__}, not a Figure")
+    declutter(result)
     return result
 
 
@@ -145,16 +149,24 @@ def figure_name(text: str) -> str:
 def group_runs(runs: Sequence[Any]) -> dict[str, list[Any]]:
     """Runs grouped by experiment, in display order, keyed by a safe file-name part.
 
-    Runs without an experiment are each their own group, named by label. Groups
-    whose names clash after sanitising get ``-2``, ``-3``, … appended.
+    Runs without an experiment are each their own group, named by label; runs that
+    share a label (the same script recorded several times) are named by their file
+    instead (its name, then its folder and name), so each figure's name says which
+    file it shows. Names that still clash after sanitising get ``-2``, ``-3``, …
     """
     raw: dict[tuple[str, str], list[Any]] = {}
     for run in runs:
         key = ("e", run.experiment) if run.experiment else ("l", f"{run.label}\0{run.path}")
         raw.setdefault(key, []).append(run)
+    labels = [members[0].label for (what, _), members in raw.items() if what == "l"]
     named: list[tuple[str, list[Any]]] = []
     for (what, value), members in raw.items():
-        base = value if what == "e" else members[0].label
+        if what == "e":
+            base = value
+        elif labels.count(members[0].label) == 1:
+            base = members[0].label
+        else:
+            base = _file_key(members[0], [m[0] for (w, _), m in raw.items() if w == "l"])
         named.append((figure_name(base), sort_runs(members)))
     named.sort(key=lambda item: item[0])
     out: dict[str, list[Any]] = {}
@@ -164,6 +176,13 @@ def group_runs(runs: Sequence[Any]) -> dict[str, list[Any]]:
             unique, i = f"{name}-{i}", i + 1
         out[unique] = members
     return out
+
+
+def _file_key(run: Any, others: Sequence[Any]) -> str:
+    """A run's file name without ``.h5``, with its folder's name when another run's file has the same name."""
+    path = Path(str(run.path))
+    stems = [Path(str(o.path)).stem for o in others]
+    return path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}-{path.stem}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -215,10 +234,15 @@ def render_to_files(
     -------
     RenderReport
 
+    A figure that shows no data (:func:`drew_data`) is not written: its renderer is
+    reported as skipped, like one that raised :class:`~normviz.errors.MissingDataError`.
+
     Raises
     ------
     UsageError
-        Before anything is drawn: unknown renderer, style or format, bad ``steps``.
+        Before anything is drawn: unknown renderer, style or format, bad ``steps``,
+        a ``layers`` glob or ``steps`` range that selects nothing in any run
+        (:func:`check_selection`).
     """
     _check_style(style)
     try:
@@ -233,10 +257,13 @@ def render_to_files(
     from normviz.merge import merge_ranks
 
     # The rank files of a torchrun run are drawn as one run (normviz.merge).
-    groups = group_runs(merge_ranks(as_runs(list(runs))))
+    merged = merge_ranks(as_runs(list(runs)))
+    check_selection(merged, layers, step_slice)
+    groups = group_runs(merged)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
+    skips: dict[str, dict[str, list[str]]] = {}  # renderer -> reason -> groups
     for group, members in groups.items():
         for renderer in chosen:
             stem = f"{group}-{figure_name(renderer.name)}"
@@ -249,10 +276,12 @@ def render_to_files(
             try:
                 with style_context(style):
                     fig = _draw(renderer, members, style, options)
+                    if not drew_data(fig):
+                        raise MissingDataError(f"{renderer.name}: drew no data (every panel is empty)")
                     report.written.extend(save_all(fig, out / stem, fmts))
                 del fig
             except MissingDataError as exc:
-                _note(report.skipped, renderer.name, f"{group}: {_one_line(exc)}")
+                skips.setdefault(renderer.name, {}).setdefault(_reason(exc), []).append(group)
             except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; the rest go on
                 owner = host.owner("renderer", renderer.name) if hasattr(host, "owner") else "?"
                 _note(
@@ -262,7 +291,67 @@ def render_to_files(
                 )
             if progress is not None:
                 progress(1)
+    for name, reasons in skips.items():
+        # One reason for several experiments is said once.
+        report.skipped[name] = "; ".join(f"{', '.join(groups)}: {reason}" for reason, groups in reasons.items())
     return report
+
+
+def _reason(exc: MissingDataError) -> str:
+    """A skip's reason: the message's first line, without a leading "<renderer>: "."""
+    text = (str(exc).strip().splitlines() or ["(no reason given)"])[0]
+    return text
+
+
+def check_selection(runs: Sequence[Any], layers: str | None, steps: slice | None) -> None:
+    """Refuse a ``layers`` glob or a ``steps`` range that selects nothing in any of ``runs``.
+
+    Raises
+    ------
+    UsageError
+        Naming the option, what it matched, and what the runs hold.
+    """
+    from normviz import analysis
+
+    if layers is not None:
+        names = list(dict.fromkeys(layer.name for run in runs for layer in run.layers))
+        if not analysis.select_names(names, layers):
+            shown = ", ".join(n or "(root)" for n in names[:6]) + (", ..." if len(names) > 6 else "")
+            raise UsageError(f"--layers {layers!r} matches no layer of the runs drawn; their layers: {shown}")
+    if steps is not None:
+        start, stop = steps.start or 0, steps.stop
+        held = [np.concatenate([np.asarray(run.steps), np.asarray(run.scalar_steps)]) for run in runs]
+        if not any(((h >= start) & (True if stop is None else h < stop)).any() for h in held):
+            spans = sorted({f"{int(h.min())}..{int(h.max())}" for h in held if h.size})
+            where = f"they hold training steps {', '.join(spans)}" if spans else "they hold no step"
+            raise UsageError(f"--steps {start}:{'' if stop is None else stop} selects no step of the runs drawn; "
+                             + where)
+
+
+def drew_data(fig: Figure) -> bool:
+    """Whether any panel of ``fig`` shows data: a line with a finite point, a mesh, a filled
+    area, markers, bars or an image. Reference lines (``axhline``) and texts do not count:
+    a figure of empty axes is not worth a file."""
+    from matplotlib.collections import Collection, QuadMesh
+    from matplotlib.patches import Rectangle
+
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_gid() == "nonfinite" or line.get_transform() != ax.transData:
+                continue
+            y = np.asarray(line.get_ydata(), dtype=np.float64)
+            if y.size and np.isfinite(y).any():
+                return True
+        for coll in ax.collections:
+            if isinstance(coll, QuadMesh):
+                values = np.ma.masked_invalid(np.ma.asarray(coll.get_array(), dtype=np.float64))
+                if values.count():
+                    return True
+            elif isinstance(coll, Collection) and (len(coll.get_paths()) or len(coll.get_offsets())):
+                return True
+        if ax.images or any(isinstance(p, Rectangle) and p.get_height() for p in ax.patches):
+            return True
+    return False
 
 
 def _note(where: dict[str, str], key: str, message: str) -> None:

@@ -94,6 +94,14 @@ def _open_h5(path: Path) -> h5py.File:
         return h5py.File(path, "r", locking=False, swmr=True, libver="latest")
     except (OSError, ValueError) as exc:
         second = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "already open for write" in first:
+        # Not damage: another handle holds the file open for writing outside SWMR mode (h5py's
+        # "a"/"r+" in a notebook, say), and HDF5 refuses every reader until it is closed.
+        raise RunFileError(
+            f"{path}: held open for writing by another program or h5py handle (not in SWMR mode), so HDF5 "
+            "refuses to read it; close that handle (f.close()) and try again, or, if no program has it open "
+            f"any more (it was killed), clear the flag with `h5clear -s {path}` (HDF5's tools)"
+        )
     raise RunFileError(f"{path}: damaged HDF5 file that cannot be opened ({first}; {second})")
 
 

@@ -140,3 +140,54 @@ def test_the_same_runs_give_byte_identical_files(kind_runs, tmp_path):
         assert data == (tmp_path / "b" / path.name).read_bytes(), path.name
         if "channels" in path.name:
             assert data == (tmp_path / "c" / path.name).read_bytes(), path.name
+
+
+def test_runs_sharing_a_label_are_named_by_their_files(contract_runs, tmp_path):
+    """Item 8: five recordings of one script give figures named after their files, not label-2 … label-5."""
+    import shutil
+
+    small = contract_runs.small[0]
+    paths = []
+    for folder, name in (("a", "lr0.1"), ("a", "lr0.01"), ("b", "lr0.1")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        paths.append(shutil.copy(small.path, tmp_path / folder / f"{name}.h5"))
+    runs = [normviz.open(p) for p in paths]
+    try:
+        assert {r.label for r in runs} == {"small"}
+        assert sorted(group_runs(runs)) == ["a-lr0.1", "b-lr0.1", "lr0.01"]
+        assert list(group_runs(runs[1:2])) == ["small"]  # a label of its own names its group
+    finally:
+        for run in runs:
+            run.close()
+
+
+def test_an_empty_figure_is_not_written(kind_runs, tmp_path):
+    """Item 3: a renderer that draws only empty axes is skipped with a reason, not written."""
+    from normviz.plot.api import drew_data
+
+    def draw(runs, fig, **options):
+        ax = fig.subplots()
+        ax.axhline(1.0)  # a reference line is no data
+        ax.plot([0, 1], [float("nan")] * 2, gid="x")
+        return fig
+
+    class Empty:
+        @hookimpl
+        def normviz_register_renderers(self, register):
+            register(Renderer("empty", draw))
+
+    host = get_plugin_host(entrypoints=False, extra=[Empty()])
+    report = render_to_files([kind_runs["batch"]], tmp_path, renderers=["empty", "loss"], formats="png", host=host)
+    assert [p.name for p in report.written] == ["contract-loss.png"]
+    assert "drew no data" in report.skipped["empty"]
+    fig = Figure()
+    fig.subplots().plot([0, 1], [0, 1], gid="y")
+    assert drew_data(fig)
+
+
+def test_a_selection_that_matches_nothing_is_refused_before_drawing(kind_runs, tmp_path):
+    with pytest.raises(UsageError, match="--layers 'nosuch\\*' matches no layer"):
+        render_to_files([kind_runs["batch"]], tmp_path / "a", layers="nosuch*")
+    with pytest.raises(UsageError, match="--steps 100:200 selects no step.*training steps 0..3"):
+        render_to_files([kind_runs["batch"]], tmp_path / "b", steps="100:200")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

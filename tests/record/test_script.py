@@ -331,3 +331,36 @@ def test_script_mode_records_what_the_api_records(real_runs, tmp_path, which):
             np.testing.assert_allclose(got[key][finite], value[finite], rtol=1e-5, atol=1e-7, err_msg=str(key))
     # the script's own output is the same as under plain Python
     assert "step 2: loss" in getattr(real_runs, f"{which}_stdout")
+
+
+INTERRUPTED = """
+import time, torch
+from torch import nn
+model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(1000):
+    opt.zero_grad(); model(torch.randn(8, 4)).square().mean().backward(); opt.step()
+    if step == 2:
+        print("ready", flush=True)
+    if step >= 2:
+        time.sleep(0.05)
+"""
+
+
+def test_ctrl_c_exits_130_with_the_file_closed_cleanly(tmp_path):
+    """Item 8: the documented exit code 130, and nothing recorded is lost."""
+    import signal
+
+    (tmp_path / "long.py").write_text(INTERRUPTED)
+    proc = subprocess.Popen([sys.executable, "-m", "normviz", "record", "long.py", "--out", "long.h5"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "long.h5" in err
+    with normviz.open(tmp_path / "long.h5") as run:
+        assert run.status["clean"] == 1 and len(run.steps) >= 3
