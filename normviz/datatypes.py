@@ -81,10 +81,11 @@ class Site:
 class Statistic:
     """An extra per-site statistic computed on the device during recording.
 
-    ``compute(ctx)`` receives a :class:`normviz.record.stats.SiteTensor` (the float32,
-    detached activation plus its site and norm spec) and returns a 1-D float
-    tensor of ``width(site)`` values on the same device. It must not synchronise
-    with the host (no ``.item()``, ``.cpu()``, ``.tolist()``).
+    ``compute(ctx)`` receives a :class:`normviz.record.stats.SiteTensor` (the
+    detached activation in its own dtype, plus its site and norm spec) and returns
+    a 1-D tensor of ``width(site)`` values on the same device (another width is
+    stored as NaN, with a warning). It must not synchronise with the host (no
+    ``.item()``, ``.cpu()``, ``.tolist()``).
     """
 
     name: str

@@ -41,20 +41,34 @@ from normviz.plot.palette import (
 )
 
 __all__ = [
+    "HEADING_RATIO",
     "NONFINITE_COLOR",
     "RunLook",
     "as_runs",
     "divergence",
+    "drawn_values",
+    "figure_legend",
+    "figure_title",
     "fit_rows",
+    "heading_row",
     "kind_name",
+    "legend_title",
     "line",
+    "look_handles",
     "mark_nonfinite",
     "no_data",
+    "nonfinite_handle",
+    "panel_row_inches",
     "parse_steps",
     "run_looks",
     "shades",
     "sort_runs",
+    "step_axis",
     "step_rows",
+    "text_width",
+    "wants_log",
+    "wrap_titles_to_panels",
+    "wrap_words",
 ]
 
 #: Colour of non-finite markers (a red outside the Okabe–Ito kind colours).

@@ -262,6 +262,7 @@ class Recorder:
         self._module_plans: dict[str, _ModulePlan] = {}
         self._disabled_layers: set[str] = set()
         self._disabled_stats: set[str] = set()
+        self._width_warned: set[str] = set()
         self._late_sites_warned = False
         self._handles: list[Any] = []
         # Module forward hooks: (module, is the root pre-hook, hook), installed only while
@@ -758,7 +759,10 @@ class Recorder:
                 for i, r in enumerate(st.rows):
                     t = self._results.get(site_keys[r], {}).get(st.name)
                     w = st.offsets[i + 1] - st.offsets[i]
-                    if t is None or t.numel() != w:
+                    if t is not None and t.numel() != w:
+                        self._warn_width(st.name, site_keys[r], t.numel(), w)
+                        t = None
+                    if t is None:
                         t = self._nan_fill(w, st.vec, device)
                     else:
                         device = t.device if device is None else device
@@ -798,6 +802,18 @@ class Recorder:
             vectors["f8"] = vectors["f8"][:-n]
         finish_args = (blocks.group_sizes, blocks.numel) if blocks is not None else ([], [])
         self._writer.write_row(step, time.time() - self._t0, vectors["f4"], vectors["f8"], event, finish_args, scalars)
+
+    def _warn_width(self, name: str, site: str, got: int, want: int) -> None:
+        """Once per statistic: a plugin's compute() returned another width than its width(site)."""
+        if name in self._width_warned:
+            return
+        self._width_warned.add(name)
+        warnings.warn(
+            f"normviz: statistic {name!r} ({self.host.owner('statistic', name)}) returned {got} values at "
+            f"{site.replace('|', ' ')}, but its width is {want}; stored as NaN there",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _module_block(self, st: StatEntry, device: torch.device | None) -> torch.Tensor:
         """One module statistic (e.g. every norm's running_var) of all its layers, float32, thinned.

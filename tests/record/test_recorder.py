@@ -455,3 +455,27 @@ def test_layer_that_stops_feeding_a_norm_is_still_reduced(tmp_path, inplace):
                 assert np.isnan(means[k]).all()
             else:
                 np.testing.assert_allclose(means[k], expected, rtol=1e-4, atol=1e-6, err_msg=f"step {k}")
+
+
+def test_a_statistic_of_the_wrong_width_warns_once_and_stores_nan(tmp_path):
+    """A plugin statistic whose compute() disagrees with its width() is said, not silently NaN."""
+    from normviz import Statistic, hookimpl
+    from normviz.plugins import get_plugin_host
+
+    class Wrong:
+        @hookimpl
+        def normviz_register_statistics(self, register):
+            register(Statistic("two_for_one", lambda ctx: ctx.x.float().abs().mean().repeat(2), lambda site: 1))
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="'two_for_one'.*returned 2 values.*its width is 1") as seen:
+        with normviz.Recorder(model, tmp_path / "w.h5", plugins=get_plugin_host(entrypoints=False, extra=[Wrong()])) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                model(torch.randn(5, 3)).square().mean().backward()
+                opt.step()
+                rec.step()
+    assert sum("two_for_one" in str(w.message) for w in seen) == 1
+    with normviz.open(tmp_path / "w.h5") as run:
+        assert np.isnan(run.stat("two_for_one", "1", "output")).all()
