@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, Formatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = ["TICK_GAP_PT", "declutter"]
 
@@ -63,6 +64,26 @@ def _labels(axis: Axis, renderer: Any, minor: bool) -> list[tuple[float, float, 
     return sorted(out, key=lambda item: item[2])
 
 
+class _Only(Formatter):
+    """A formatter that labels only the given tick values, as ``inner`` would, and blanks the rest."""
+
+    def __init__(self, inner: Formatter, values: list[float]) -> None:
+        self.inner = inner
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def set_locs(self, locs: Any) -> None:
+        self.inner.set_locs(locs)
+
+    def set_axis(self, axis: Any) -> None:
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        if self.values.size and np.isclose(self.values, x, rtol=1e-9, atol=0.0).any():
+            return self.inner(x, pos)
+        return ""
+
+
 def _evenly(n: int, k: int) -> list[int]:
     """``k`` of ``n`` indices, evenly spaced, the first and the last among them (k >= 2)."""
     if k <= 1:
@@ -82,7 +103,15 @@ def _thin(axis: Axis, renderer: Any, gap: float) -> bool:
     if not _crowded(both, gap):
         return False
     if minor:
-        axis.set_minor_formatter(NullFormatter())
+        if len(major) >= 2:
+            axis.set_minor_formatter(NullFormatter())
+        else:
+            # A log axis spanning less than a decade is labelled at its minor ticks only:
+            # keep about half of them (the ends among them) rather than none.
+            keep = [tick.get_loc() for i, (*_, tick) in enumerate(minor) if i in _evenly(len(minor), len(minor) // 2)]
+            if len(keep) + len(major) < 2 or len(keep) == len(minor):
+                return False
+            axis.set_minor_formatter(_Only(axis.get_minor_formatter(), keep))
         return True
     if len(major) < 2:
         return False

@@ -79,7 +79,7 @@ def test_no_text_collides_in_any_builtin_figure(run_sets: dict[str, list[Any]], 
                     fig = _draw(renderers[renderer], runs, style, {})
                 except MissingDataError:
                     continue  # skipped by `normviz plot` too, with its reason (e.g. ranks' histogram edges differ)
-                found = text_collisions(fig)
+                found = text_collisions(fig) + _unlabelled_axes(fig)
             drawn[renderer] += 1
             problems += [f"{renderer} / {name} / {style}: {p}" for p in found]
     assert not problems, "\n".join(problems)
@@ -90,6 +90,20 @@ def test_no_text_collides_in_any_builtin_figure(run_sets: dict[str, list[Any]], 
 
 #: Two line colours closer than this (Euclidean distance in RGB, 0..1) read as one colour.
 SAME_COLOUR = 0.15
+
+
+def _unlabelled_axes(fig: Any) -> list[str]:
+    """Axes whose tick labels are switched on but all blank: thinned away to nothing."""
+    out = []
+    for ax in fig.axes:
+        if not ax.axison:
+            continue
+        for axis in (ax.xaxis, ax.yaxis):
+            ticks = axis._update_ticks()
+            shown = [t for t in ticks if t.label1.get_visible()]
+            if shown and not any(t.label1.get_text().strip() for t in shown):
+                out.append(f"{axis.axis_name} axis of {ax.get_title(loc='left')!r} has ticks but no label")
+    return out
 
 
 def _line_keys(ax: Any) -> list[tuple[str, str]]:
