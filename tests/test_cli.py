@@ -131,17 +131,12 @@ def one_run(tmp_path_factory):
 
     import normviz
 
+    from conftest import train
+
     folder = tmp_path_factory.mktemp("one")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with normviz.Recorder(model, folder / "run.h5") as rec:
-        for _ in range(3):
-            opt.zero_grad()
-            loss = model(torch.randn(16, 4)).square().mean()
-            loss.backward()
-            opt.step()
-            rec.step(loss=loss)
+    train(model, folder / "run.h5", steps=3, lr=0.05, make_batch=lambda g: torch.randn(16, 4, generator=g))
     rec = normviz.Recorder(model, folder / "empty.h5")
     model(torch.randn(4, 4))
     rec.close()
