@@ -69,9 +69,9 @@ def draw(
     given = common.as_runs(runs)
     merged = [r for r in merge_ranks(given) if isinstance(r, MergedRun) and len(r.ranks) > 1]
     if not merged:
-        raise MissingDataError(
-            f"ranks: every run has a single rank ({len(given)} run{'s' if len(given) > 1 else ''}); "
-            "record each torchrun rank with normviz.distributed.rank_path to compare ranks"
+        raise MissingDataError(  # no paths, no count: said once for every experiment it skips
+            "ranks: every run has a single rank; record each torchrun rank with normviz.distributed.rank_path "
+            "to compare ranks"
         )
     merged = common.sort_runs(merged)
     looks = common.run_looks(merged)
