@@ -281,7 +281,7 @@ def render_to_files(
                     report.written.extend(save_all(fig, out / stem, fmts))
                 del fig
             except MissingDataError as exc:
-                skips.setdefault(renderer.name, {}).setdefault(_reason(exc), []).append(group)
+                skips.setdefault(renderer.name, {}).setdefault(_reason(exc, renderer.name), []).append(group)
             except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; the rest go on
                 owner = host.owner("renderer", renderer.name) if hasattr(host, "owner") else "?"
                 _note(
@@ -297,10 +297,10 @@ def render_to_files(
     return report
 
 
-def _reason(exc: MissingDataError) -> str:
-    """A skip's reason: the message's first line, without a leading "<renderer>: "."""
+def _reason(exc: MissingDataError, renderer: str) -> str:
+    """A skip's reason: the message's first line, without a leading "<renderer>: " (said already)."""
     text = (str(exc).strip().splitlines() or ["(no reason given)"])[0]
-    return text
+    return text[len(renderer) + 2:] if text.startswith(f"{renderer}: ") else text
 
 
 def check_selection(runs: Sequence[Any], layers: str | None, steps: slice | None) -> None:
