@@ -26,6 +26,11 @@
 3. BatchNorm's batch statistics against its running statistics (the ones eval
    mode uses) for a few channels over training, when a run has BatchNorm.
 
+Each layer's pair of panels has a heading (the layer, or the run when runs are
+compared) and its own y scales: a LayerNorm's input, often a few hundredths
+wide, would be flat on its output's scale. On a figure wide enough
+(``paper-wide``) two pairs stand side by side.
+
 A run that became non-finite is shown up to its last finite step. One run: up
 to ``max_layers`` norm layers, evenly spread in depth from the shallowest
 (``max_layers=1``: the first norm layer; the same choice every renderer's
@@ -39,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -316,8 +322,6 @@ def draw(
     pairs: list[tuple[str, Any]] = [("channels", item) for item in plan]
     pairs += [("groups", None)] if groups else []
     pairs += [("bn", bn)] if bn else []
-    import matplotlib
-
     per_row = 2 if fig.get_figwidth() * 72.0 / 4 >= WIDE_PANEL_FONTS * matplotlib.rcParams["font.size"] else 1
     rows = _pack(pairs, per_row)
     heights = [max(ROW_HEIGHTS[kind] for kind, _ in row) for row in rows]
