@@ -107,6 +107,9 @@ class Synth:
         self.w0 = self.rng.uniform(3, 8, n_grad)
         self.grad_walk = np.zeros(n_grad)
         self.module_walk: dict[str, np.ndarray] = {}
+        from normviz.record.rows import Packing
+
+        self.packing = Packing(layout)  # the recorder's own packing of a row
 
     def block(self, t0: int, n: int, f4: np.ndarray, f8: np.ndarray) -> None:
         rng, layout = self.rng, self.layout
@@ -128,8 +131,8 @@ class Synth:
         ch_mean = mu[:, :, None] + s[:, :, None] * (self.ch_off + ch_walk + 0.05 * rng.normal(size=(n, n_sites, C)))
         ch_var = (s[:, :, None] * self.ch_scale) ** 2 * np.exp(0.1 * rng.normal(size=(n, n_sites, C)))
         for st in layout.stats:
-            vec = f4 if st.vec == "f4" else f8
-            out = vec[:, st.start : st.start + st.width]
+            vec_name, start, width = self.packing.slot(st)
+            out = (f4 if vec_name == "f4" else f8)[:, start : start + width]
             for j, r in enumerate(st.rows):
                 lo, hi = st.offsets[j], st.offsets[j + 1]
                 w = hi - lo
@@ -213,12 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         layout, edges, attrs = recorded_template(args.blocks, 64, Path(scratch))
     attrs["meta"]["label"] = "large-synthetic"
     attrs["meta"]["user"] = {"synthetic": True, "steps": args.steps}
-    sizes = layout.vector_sizes()
+    synth = Synth(layout, edges, args.steps, args.seed)
+    sizes = synth.packing.sizes
     print(f"layout: {len(layout.layers)} layers, {len(layout.sites)} sites, "
           f"{sizes['f4']} float32 + {sizes['f8']} float64 values per step", file=sys.stderr)
-    synth = Synth(layout, edges, args.steps, args.seed)
     block = 500
-    writer = RunWriter(args.out, attrs, flush_every=block, flush_secs=3600.0, on_error="raise")
+
+    def unpack(rows: list) -> dict:  # the rows as this script packed them, by dataset
+        return synth.packing.unpack(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
+
+    writer = RunWriter(args.out, attrs, flush_every=block, flush_secs=3600.0, on_error="raise", finish=unpack)
     writer.open(layout, edges)
     rng = np.random.default_rng(args.seed + 1)
     loss = 2.0

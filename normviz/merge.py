@@ -43,7 +43,7 @@ import numpy as np
 
 from normviz.distributed import split_rank
 from normviz.errors import MissingDataError, RunFileError
-from normviz.store.reader import RunMetadata
+from normviz.store.meta import RunMetadata
 
 __all__ = ["MergedRun", "RankSpread", "global_statistics", "merge_ranks", "rank_spread"]
 

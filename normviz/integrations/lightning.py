@@ -107,7 +107,7 @@ class NormvizCallback(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         rec = self.recorder
-        if rec is not None and not rec._closed:
+        if rec is not None and not rec.closed:
             # One training_step is one forward pass, even when it calls submodules directly
             # (the recorder's root pre-hook only sees ``pl_module(...)`` calls).
             rec.begin_forward()
@@ -116,7 +116,7 @@ class NormvizCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         rec = self.recorder
-        if rec is None or rec._closed:
+        if rec is None or rec.closed:
             return
         loss = _loss_of(outputs)
         if loss is not None:

@@ -125,7 +125,7 @@ class NormvizCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         rec = self.recorder
-        if rec is None or rec._closed:
+        if rec is None or rec.closed:
             return
         scalars: dict[str, Any] = {}
         if self._loss_sum is not None:

@@ -12,7 +12,7 @@ thread never sorts. NumPy's sort releases the GIL and is 10-20x faster than
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from normviz.record import stats as S
 from normviz.record.core import HOST_FINISHED
 from normviz.store import schema
 from normviz.store.layout import Layout
+
+if TYPE_CHECKING:
+    from normviz.record.rows import Packing
 
 
 def first_edges(vmin: np.ndarray, vmax: np.ndarray, bins: int = S.HIST_BINS) -> np.ndarray:
@@ -79,25 +82,26 @@ def sorted_histograms(srt: np.ndarray, n_valid: np.ndarray, edges: np.ndarray) -
 
 
 class RowFinisher:
-    """Fills the host-finished statistics into recorded rows (called on the writer's thread,
-    once per flush for all the rows it publishes: sorting them together costs a few
-    NumPy calls, whatever the number of rows and sites).
+    """Unpacks recorded rows into the file's datasets, filling in the host-finished statistics
+    (called on the writer's thread, once per flush for all the rows it publishes: sorting
+    them together costs a few NumPy calls, whatever the number of rows and sites).
 
     *edges* are the [n_sites, HIST_BINS + 1] histogram edges stored in the file.
     """
 
-    def __init__(self, layout: Layout, edges: np.ndarray) -> None:
+    def __init__(self, layout: Layout, packing: Packing, edges: np.ndarray) -> None:
         self.n = len(layout.sites)
         self.edges = np.asarray(edges, dtype=np.float32)
+        self.packing = packing
         self.slots = {
             st.name: st for st in layout.stats if st.group == schema.ACT and st.name in HOST_FINISHED
         }
-        self.f4_width = sum(st.width for st in layout.stats if st.vec == "f4")
+        self.f4_width = packing.sizes["f4"]
 
-    def __call__(self, rows: Sequence[tuple[np.ndarray, np.ndarray, tuple[Any, ...]]]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rows: Sequence[tuple[np.ndarray, np.ndarray, tuple[Any, ...]]]) -> dict[str, np.ndarray]:
         """*rows* are (f4, f8, (group_sizes, numel)) as queued: f4 is the row's float32 vector
-        followed by the host share of :class:`~normviz.record.core.DeviceBlocks`. Returns the
-        finished rows stacked, [k, f4 width] and [k, f8 width]."""
+        followed by the host share of :class:`~normviz.record.core.DeviceBlocks`. Returns every
+        dataset's block of the rows, ``{"<group>/<name>": [k, width]}``."""
         k = len(rows)
         f4 = np.stack([r[0][: self.f4_width] for r in rows])
         f8 = np.stack([r[1] for r in rows])
@@ -113,12 +117,15 @@ class RowFinisher:
             np.tile(self.edges, (k, 1)),
             tuple(self.slots),
         )
+        blocks = self.packing.unpack(f4, f8)
         for name, st in self.slots.items():
             per_row = values[name].reshape(k, -1, values[name].shape[-1])
             # Per-site values are indexed by site; group summaries already follow st.rows.
             block = (per_row if name in _PER_NORM_ROW else per_row[:, st.rows]).reshape(k, -1)
-            (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width] = block
-        return f4, f8
+            vec = self.packing.slot(st)[0]
+            # Through the dtype of the vector the statistic travels in, as if packed on the device.
+            blocks[f"{st.group}/{st.name}"] = block.astype(np.float32 if vec == "f4" else np.float64)
+        return blocks
 
 
 def split_host(host: np.ndarray, n_sites: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,14 +11,11 @@ gradients are read when ``Recorder.step()`` is called instead.
 from __future__ import annotations
 
 import math
-import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from normviz.record.recorder import Recorder
 
 
 _DOT_MIN = 1 << 14  # from this size on, a BLAS dot beats _foreach_norm on CPU (~1.5x)
@@ -67,8 +64,10 @@ def _has_closure(args: Any, kwargs: Any) -> bool:
 class GradientTracker:
     """Per-layer gradient norm, mean and max |grad|, weight norm and update ratio."""
 
-    def __init__(self, recorder: Recorder, layers: list[tuple[str, nn.Module]]) -> None:
-        self._recorder = weakref.proxy(recorder)
+    def __init__(self, layers: list[tuple[str, nn.Module]], is_armed: Callable[[], bool]) -> None:
+        """``layers``: (name, module) of the recorded layers; ``is_armed()``: whether the step
+        now running is recorded (its gradients are read at its optimizer step)."""
+        self._is_armed = is_armed
         self._names: list[str] = []
         self._params: list[nn.Parameter] = []
         owner: list[int] = []
@@ -102,6 +101,11 @@ class GradientTracker:
     def index_of(self, name: str) -> int | None:
         return self._index.get(name)
 
+    @property
+    def columns(self) -> dict[str, int]:
+        """Each layer with parameters by name, and its gradient column."""
+        return dict(self._index)
+
     def attach(self) -> list[Any]:
         """Install the global optimizer hooks; returns their removable handles."""
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -130,34 +134,27 @@ class GradientTracker:
         return self._ours[key]
 
     def _pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        try:
-            if not self._is_ours(optimizer):
-                return None
-            self.last_lr = optimizer.param_groups[0].get("lr")
-            if not self._recorder._armed or not self._params:
-                return None
-            self._closure = _has_closure(args, kwargs)
-            if not self._closure:
-                self._compute()
-            with torch.no_grad():
-                self._snapshot = self._copy_weights()
-                if self._closure:  # the gradients do not exist yet: the closure computes them
-                    w_sq = _sq_norms(self._params)
-                    device = self._params[0].device
-                    self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(
-                        0, self._owner_t(device), w_sq
-                    ).sqrt()
-        except ReferenceError:
+        if not self._is_ours(optimizer):
             return None
+        self.last_lr = optimizer.param_groups[0].get("lr")
+        if not self._is_armed() or not self._params:
+            return None
+        self._closure = _has_closure(args, kwargs)
+        if not self._closure:
+            self._compute()
+        with torch.no_grad():
+            self._snapshot = self._copy_weights()
+            if self._closure:  # the gradients do not exist yet: the closure computes them
+                w_sq = _sq_norms(self._params)
+                device = self._params[0].device
+                self._weight_norm = torch.zeros(self.n_layers, device=device).index_add_(
+                    0, self._owner_t(device), w_sq
+                ).sqrt()
         return None
 
     def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        try:
-            if self._snapshot is None or not self._is_ours(optimizer):
-                return None
+        if self._snapshot is not None and self._is_ours(optimizer):
             self.finish_update()
-        except ReferenceError:
-            return None
         return None
 
     def finish_update(self) -> None:

@@ -9,6 +9,7 @@ computed in float32 under no_grad. None of them synchronises with the host: no
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -238,6 +239,16 @@ class SiteTensor:
     @property
     def channel_dim(self) -> int:
         return self.site.channel_dim  # type: ignore[attr-defined]  # Site is duck-typed here
+
+    def share(self, **values: object) -> None:
+        """Hand over this step's quantities computed already (``sample``, ``moments``)."""
+        self._cache.update(values)
+
+    def cached(self, key: str, make: Callable[[], object]) -> object:
+        """``make()``, computed once per site and step and shared between statistics under ``key``."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (mean, variance), float32."""

@@ -1,9 +1,12 @@
-"""The layout of a run: which layers, sites and statistics its rows hold.
+"""The layout of a run file: which layers, sites and statistics its datasets hold.
 
-The recorder freezes a :class:`Layout` at the first recorded step (once every
-layer has been seen); the writer creates every dataset from it before the first
-row, and stores it as JSON in the file so the reader knows which columns of a
-flat ``[steps, width]`` dataset belong to which site or layer.
+:func:`build_layout` turns what the recorder saw at the first recorded step (layers,
+sites, the statistics each site computes, the module tensors and gradient layers) into
+a :class:`Layout`: every dataset's group, dtype, attributes and column offsets. The
+writer creates the datasets from it before the first row and stores it as JSON in
+``/layout``, so the reader knows which columns of a flat ``[steps, width]`` dataset
+belong to which site or layer. It describes the file only; how a row travels in
+memory is the recorder's business (:mod:`normviz.record.rows`).
 """
 
 from __future__ import annotations
@@ -48,25 +51,24 @@ class SiteEntry:
 
 @dataclass
 class StatEntry:
-    """One dataset of the file and where its columns come from in a step's vectors.
-
-    ``group`` is ``act`` (rows index sites), ``module`` (rows index layers) or ``grad``
-    (one column per layer with parameters). ``vec`` names the step vector the
-    values travel in (``f4`` or ``f8``) and ``start`` where they begin there.
-    """
+    """One dataset of the file: ``group`` is ``act`` (``rows`` index sites), ``module``
+    (rows index layers) or ``grad`` (one column per layer with parameters); row ``i``'s
+    columns are ``offsets[i]:offsets[i + 1]``."""
 
     group: str
     name: str
     dtype: str
     rows: list[int]
     offsets: list[int]
-    vec: str = "f4"
-    start: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
         return self.offsets[-1]
+
+
+#: Keys of schema 1.0's ``/layout`` that described the recorder's memory, not the file.
+_PACKING_KEYS = ("vec", "start")
 
 
 @dataclass
@@ -82,13 +84,6 @@ class Layout:
     group_levels: list[float]
     max_channels: int
 
-    def vector_sizes(self) -> dict[str, int]:
-        """Length of each step vector."""
-        sizes = {"f4": 0, "f8": 0}
-        for st in self.stats:
-            sizes[st.vec] = max(sizes[st.vec], st.start + st.width)
-        return sizes
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
 
@@ -98,7 +93,7 @@ class Layout:
         return cls(
             layers=[LayerEntry(**d) for d in raw["layers"]],
             sites=[SiteEntry(**d) for d in raw["sites"]],
-            stats=[StatEntry(**d) for d in raw["stats"]],
+            stats=[StatEntry(**{k: v for k, v in d.items() if k not in _PACKING_KEYS}) for d in raw["stats"]],
             hist_bins=raw["hist_bins"],
             sample_size=raw["sample_size"],
             percentile_levels=raw["percentile_levels"],
@@ -111,3 +106,73 @@ class Layout:
             if st.group == group and st.name == name:
                 return st
         return None
+
+
+@dataclass(frozen=True)
+class SiteStatistic:
+    """A statistic as the recorder computes it: per site ``rows[i]``, ``widths[i]`` values."""
+
+    name: str
+    dtype: str
+    description: str
+    rows: list[int]
+    widths: list[int]
+
+
+def _offsets(widths: list[int]) -> list[int]:
+    offsets = [0]
+    for w in widths:
+        offsets.append(offsets[-1] + w)
+    return offsets
+
+
+def build_layout(
+    layers: list[LayerEntry],
+    sites: list[SiteEntry],
+    site_stats: list[SiteStatistic],
+    module_stats: dict[str, tuple[list[int], list[int]]],
+    n_grad_layers: int,
+    *,
+    hist_bins: int,
+    sample_size: int,
+    percentile_levels: list[float],
+    group_levels: list[float],
+    max_channels: int,
+) -> Layout:
+    """The file's layout: the site statistics (``act``, plus the output-gradient norm of
+    every output site), the module tensors (``module``: name → layer rows and widths, in
+    :data:`~normviz.store.schema.MODULE_STATS` order) and one column per layer with
+    parameters for each gradient statistic (``grad``). A statistic without rows makes
+    no dataset."""
+    from normviz.store import schema
+
+    entries: list[StatEntry] = []
+
+    def add(group: str, name: str, dtype: str, rows: list[int], widths: list[int], attrs: dict[str, Any]) -> None:
+        if rows:
+            entries.append(StatEntry(group, name, dtype, rows, _offsets(widths), attrs))
+
+    for s in site_stats:
+        attrs: dict[str, Any] = {"description": s.description}
+        if s.name == "percentiles":
+            attrs["levels"] = list(percentile_levels)
+        if s.name in ("group_mean", "group_scale"):
+            attrs["levels"] = list(group_levels)
+        add(schema.ACT, s.name, s.dtype, s.rows, s.widths, attrs)
+    out_rows = [i for i, site in enumerate(sites) if site.role == "output"]
+    add(schema.ACT, "output_grad_norm", "float32", out_rows, [1] * len(out_rows), {"description": "‖∂L/∂output‖"})
+    for name in schema.MODULE_STATS:
+        rows, widths = module_stats.get(name, ([], []))
+        add(schema.MODULE, name, "float32", rows, widths, {})
+    for name in schema.GRAD_STATS:
+        add(schema.GRAD, name, "float32", list(range(n_grad_layers)), [1] * n_grad_layers, {})
+    return Layout(
+        layers=layers,
+        sites=sites,
+        stats=entries,
+        hist_bins=hist_bins,
+        sample_size=sample_size,
+        percentile_levels=list(percentile_levels),
+        group_levels=list(group_levels),
+        max_channels=max_channels,
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from normviz.errors import MissingDataError, RunFileError, SchemaError
 from normviz.store import schema
 from normviz.store.layout import Layout, SiteEntry
+from normviz.store.meta import RunMetadata
 
 
 @dataclass(frozen=True)
@@ -103,25 +104,6 @@ def _open_h5(path: Path) -> h5py.File:
             f"any more (it was killed), clear the flag with `h5clear -s {path}` (HDF5's tools)"
         )
     raise RunFileError(f"{path}: damaged HDF5 file that cannot be opened ({first}; {second})")
-
-
-class RunMetadata:
-    """Label, experiment and norm kind from a run's ``meta`` (shared by merged runs)."""
-
-    path: Path
-    meta: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        return str(self.meta.get("label") or self.path.stem)
-
-    @property
-    def experiment(self) -> str | None:
-        return self.meta.get("experiment")
-
-    @property
-    def norm_kind(self) -> str:
-        return str(self.meta.get("norm_kind") or "none")
 
 
 class Run(RunMetadata):

@@ -23,7 +23,10 @@ Which columns of a flat ``[S, W]`` dataset belong to which site or layer is in
 from __future__ import annotations
 
 SCHEMA_NAME = "normviz.run"
-SCHEMA_VERSION = "1.0"
+#: Bumped in its minor version at every change; every earlier version stays readable
+#: (archived files of each: tests/data/schema-<version>/).
+#: 1.1: ``/layout`` describes the file only (no in-memory packing fields ``vec``, ``start``).
+SCHEMA_VERSION = "1.1"
 SCHEMA_MAJOR = 1
 
 LAYOUT = "layout"
@@ -47,6 +50,9 @@ STATUS_CLEAN, STATUS_LAST_STEP, STATUS_STEPS_SEEN = 0, 1, 2
 #: Scalar columns reserved up front (datasets cannot be added once SWMR is on).
 SCALAR_CAPACITY = 64
 SCALAR_NAME_BYTES = 128
+
+#: Module tensors recorded per norm layer after each recorded step.
+MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
 
 #: Gradient statistics, one value per layer with parameters.
 GRAD_STATS: tuple[str, ...] = ("grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio")

@@ -113,9 +113,11 @@ class RunWriter:
         the next :meth:`check` raises :class:`RecordingError` in the training thread.
     finish:
         Called on the writer's thread at each flush as ``finish(rows)`` with the queued
-        rows as ``(f4, f8, finish_args)`` NumPy tuples; returns the rows to store, stacked
-        ([k, f4 width], [k, f8 width]). The recorder computes what needs sorting there
-        (:mod:`normviz.record.finish`), off the training thread and for many rows at once.
+        rows as ``(f4, f8, finish_args)`` NumPy tuples (the row as its producer packed
+        it); returns every dataset's block for those rows, ``{"<group>/<name>": [k,
+        width] array}`` for each statistic of the layout. The recorder unpacks its rows
+        and computes what needs sorting there (:mod:`normviz.record.finish`), off the
+        training thread and for many rows at once; the writer knows nothing of packing.
     """
 
     def __init__(
@@ -126,7 +128,7 @@ class RunWriter:
         flush_every: int = 10,
         flush_secs: float = 5.0,
         on_error: str = "warn",
-        finish: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+        finish: Callable[[list[tuple[Any, Any, tuple[Any, ...]]]], Mapping[str, np.ndarray]],
     ) -> None:
         self.path = Path(path)
         self.finish = finish
@@ -353,12 +355,9 @@ class RunWriter:
         f, layout = self._file, self._layout
         assert f is not None and layout is not None
         if self._rows:
-            if self.finish is not None:
-                f4, f8 = self.finish([(r[2], r[3], r[4]) for r in self._rows])
-            else:
-                f4, f8 = np.stack([r[2] for r in self._rows]), np.stack([r[3] for r in self._rows])
+            blocks = self.finish([(r[2], r[3], r[4]) for r in self._rows])
             for st in layout.stats:
-                block = (f4 if st.vec == "f4" else f8)[:, st.start : st.start + st.width]
+                block = blocks[f"{st.group}/{st.name}"]
                 dtype = _DTYPES[st.dtype]
                 if np.issubdtype(dtype, np.integer):
                     missing = np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT
