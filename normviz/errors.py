@@ -20,7 +20,23 @@ class SchemaError(RunFileError):
 
 
 class MissingDataError(NormvizError):
-    """A renderer or analysis needs a statistic the run does not hold."""
+    """A renderer or analysis needs data the run does not hold.
+
+    What is missing, for code to branch on (the message says it for people):
+    ``statistic`` (a statistic or scalar name), ``layer`` and ``role`` (the site or
+    layer it was asked for). A statistic missing from the whole run has ``layer`` None.
+    """
+
+    def __init__(self, message: str, *, statistic: str | None = None, layer: str | None = None,
+                 role: str | None = None) -> None:
+        super().__init__(message)
+        self.statistic = statistic
+        self.layer = layer
+        self.role = role
+
+    def run_lacks(self, statistic: str) -> bool:
+        """Whether the run recorded ``statistic`` nowhere (not merely not at the site asked for)."""
+        return self.statistic == statistic and self.layer is None
 
 
 class PluginError(NormvizError):
@@ -29,3 +45,7 @@ class PluginError(NormvizError):
 
 class UsageError(NormvizError):
     """A bad option value (unknown renderer, experiment, format, ...)."""
+
+
+class RecordingError(NormvizError, RuntimeError):
+    """Writing the run file failed and the recorder was asked to stop training (``on_error="raise"``)."""

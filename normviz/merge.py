@@ -262,7 +262,8 @@ class MergedRun(RunMetadata):
                 self.notes.append(note)
             raise MissingDataError(
                 f"{self.path}: the histogram edges of {role} of {layer!r} differ between ranks "
-                "(each rank fixed them at its first recorded step); histograms are summed only over shared edges"
+                "(each rank fixed them at its first recorded step); histograms are summed only over shared edges",
+                statistic="hist", layer=layer, role=role,
             )
 
     def hist_edges(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
@@ -404,7 +405,7 @@ def rank_spread(run: MergedRun, layer: str, *, call: int = 0, steps: slice | Non
     """The per-rank spread of a BatchNorm layer's batch statistics (:class:`RankSpread`)."""
     info = next((lay for lay in run.layers if lay.name == layer), None)
     if info is None:
-        raise MissingDataError(f"{run.path}: no layer {layer!r}")
+        raise MissingDataError(f"{run.path}: no layer {layer!r}", layer=layer)
     n = run.per_rank("numel", layer, "input", call=call, steps=steps)
     mean = run.per_rank("channel_mean", layer, "input", call=call, steps=steps)
     var = run.per_rank("channel_var", layer, "input", call=call, steps=steps)

@@ -71,7 +71,7 @@ class HiddenRun:
 
     def _check(self, name: str, what: str = "statistic") -> None:
         if name in self.hidden:
-            raise MissingDataError(f"{self._run.path}: {what} {name!r} was not recorded in this run")
+            raise MissingDataError(f"{self._run.path}: {what} {name!r} was not recorded in this run", statistic=name)
 
     def stat(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self._check(name)

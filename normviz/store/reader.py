@@ -248,7 +248,8 @@ class Run(RunMetadata):
             if s.layer == layer and s.role == role and s.call == call:
                 return i
         known = sorted({s.layer for s in self.layout.sites})
-        raise MissingDataError(f"{self.path}: no recorded {role} of layer {layer!r} (call {call}); layers: {known}")
+        raise MissingDataError(f"{self.path}: no recorded {role} of layer {layer!r} (call {call}); layers: {known}",
+                               layer=layer, role=role)
 
     def _rows(self, steps: slice | None, rows: Any = None) -> slice | np.ndarray:
         """The recorded rows to read: a slice (``steps``, strides allowed) or sorted row indices (``rows``)."""
@@ -287,10 +288,11 @@ class Run(RunMetadata):
         """An activation statistic of one site: ``[steps]`` for one-value statistics, else ``[steps, width]``."""
         st = self.layout.stat(schema.ACT, name)
         if st is None:
-            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run")
+            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run", statistic=name)
         idx = self._site_index(layer, role, call)
         if idx not in st.rows:
-            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded for {role} of {layer!r}")
+            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded for {role} of {layer!r}",
+                                   statistic=name, layer=layer, role=role)
         j = st.rows.index(idx)
         lo, hi = st.offsets[j], st.offsets[j + 1]
         data = _missing_as_nan(self._read(f"{schema.ACT}/{name}", steps, rows, lo, hi))
@@ -302,7 +304,7 @@ class Run(RunMetadata):
         """A one-value-per-site statistic for all its sites at once: ``(sites, [steps, n_sites])``."""
         st = self.layout.stat(schema.ACT, name)
         if st is None:
-            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run")
+            raise MissingDataError(f"{self.path}: statistic {name!r} was not recorded in this run", statistic=name)
         if st.width != len(st.rows):
             raise MissingDataError(f"{self.path}: statistic {name!r} has several values per site; use stat()")
         data = _missing_as_nan(self._read(f"{schema.ACT}/{name}", steps, rows))
@@ -323,7 +325,8 @@ class Run(RunMetadata):
         """A gradient statistic for every layer with parameters: ``(layer names, [steps, layers])``."""
         st = self.layout.stat(schema.GRAD, name)
         if st is None:
-            raise MissingDataError(f"{self.path}: gradient statistic {name!r} was not recorded in this run")
+            raise MissingDataError(f"{self.path}: gradient statistic {name!r} was not recorded in this run",
+                                   statistic=name)
         names = [e.name for e in sorted(
             (e for e in self.layout.layers if e.grad_index is not None), key=lambda e: e.grad_index or 0
         )]
@@ -333,8 +336,11 @@ class Run(RunMetadata):
         """A module tensor over training (``weight``, ``bias``, ``running_mean``, ``running_var``)."""
         st = self.layout.stat(schema.MODULE, name)
         index = next((i for i, e in enumerate(self.layout.layers) if e.name == layer), None)
-        if st is None or index is None or index not in st.rows:
-            raise MissingDataError(f"{self.path}: {name!r} of layer {layer!r} was not recorded")
+        if st is None:
+            raise MissingDataError(f"{self.path}: {name!r} of layer {layer!r} was not recorded", statistic=name)
+        if index is None or index not in st.rows:
+            raise MissingDataError(f"{self.path}: {name!r} of layer {layer!r} was not recorded", statistic=name,
+                                   layer=layer)
         j = st.rows.index(index)
         return self._read(f"{schema.MODULE}/{name}", steps, rows, st.offsets[j], st.offsets[j + 1])
 
@@ -355,7 +361,7 @@ class Run(RunMetadata):
         """One scalar for every training step (NaN where it was not given)."""
         col = self._scalar_cols.get(name)
         if col is None:
-            raise MissingDataError(f"{self.path}: no scalar {name!r}; scalars: {self.scalar_names}")
+            raise MissingDataError(f"{self.path}: no scalar {name!r}; scalars: {self.scalar_names}", statistic=name)
         return self._f[schema.SCALAR_VALUES][: self._t, col]
 
     @property

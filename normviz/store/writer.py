@@ -25,6 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from normviz.errors import RecordingError  # noqa: F401 - importable from here as before
 from normviz.store import schema
 from normviz.store.layout import Layout
 
@@ -69,10 +70,6 @@ def _scalar_rows(scalars: ScalarBatch | ScalarRows | None) -> ScalarRows:
     if isinstance(scalars, ScalarBatch):
         return scalars.resolve()
     return scalars or []
-
-
-class RecordingError(RuntimeError):
-    """Writing the run file failed and the recorder was asked to stop the training."""
 
 
 def _chunks(width: int | None, itemsize: int, rows: int) -> tuple[int, ...]:
