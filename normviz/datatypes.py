@@ -1,18 +1,23 @@
 """Frozen descriptors exchanged between normviz and its plugins.
 
 ``NormSpec`` says how a module normalizes, ``Statistic`` what to compute on an
-activation, ``Renderer`` how to draw runs. Nothing here imports h5py or pyplot.
+activation, ``Renderer`` how to draw runs, ``RunLike`` what a renderer may read of a
+run (a recorded run, or the merged ranks of one). Nothing here imports h5py or pyplot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from matplotlib.figure import Figure
+
+    from normviz.store.layout import Layout
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
@@ -107,3 +112,61 @@ class Renderer:
     description: str = ""
     requires: frozenset[str] = frozenset()
     options: Sequence[str] = ()
+
+
+@runtime_checkable
+class RunLike(Protocol):
+    """What renderers and analyses read of a run: :class:`normviz.store.reader.Run` (one
+    file) and :class:`normviz.merge.MergedRun` (the rank files of one torchrun run) both
+    answer it in full.
+
+    Statistics are arrays whose first axis is the recorded row; ``steps=`` takes a slice
+    of recorded rows, ``rows=`` an array of row indices (not both). See
+    ``docs/plugins.md`` for the shapes.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    layout: Layout
+    schema_version: str
+    steps: np.ndarray
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def experiment(self) -> str | None: ...
+    @property
+    def norm_kind(self) -> str: ...
+    @property
+    def rank(self) -> int | None: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def status(self) -> dict[str, int]: ...
+    @property
+    def layers(self) -> list[Any]: ...
+    @property
+    def norm_layers(self) -> list[Any]: ...
+    @property
+    def sites(self) -> list[Any]: ...
+    @property
+    def statistics(self) -> dict[str, list[str]]: ...
+    @property
+    def scalar_names(self) -> list[str]: ...
+    @property
+    def scalar_steps(self) -> np.ndarray: ...
+    @property
+    def scalars(self) -> dict[str, np.ndarray]: ...
+
+    def stat(self, name: str, layer: str, role: str = "output", *, call: int = 0, steps: slice | None = None,
+             rows: Any = None) -> np.ndarray: ...
+    def stat_all(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[Any], np.ndarray]: ...
+    def grad(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[str], np.ndarray]: ...
+    def module_stat(self, name: str, layer: str, *, steps: slice | None = None, rows: Any = None) -> np.ndarray: ...
+    def hist_edges(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray: ...
+    def channel_index(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray: ...
+    def wall_time(self) -> np.ndarray: ...
+    def scalar(self, name: str) -> np.ndarray: ...
+    def to_frame(self) -> Any: ...
+    def refresh(self) -> None: ...
+    def close(self) -> None: ...

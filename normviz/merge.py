@@ -169,9 +169,14 @@ class MergedRun(RunMetadata):
             sc = np.intersect1d(sc, r.scalar_steps)
         self._scalar_steps = np.asarray(sc, dtype=np.int64)
 
-    def _read(self, r: int, fn: Any, steps: slice | None) -> np.ndarray:
-        """``fn(run, steps=slice)`` of rank ``r`` on the aligned rows selected by ``steps``."""
-        rows = self._rows[r][steps if steps is not None else slice(None)]
+    def _read(self, r: int, fn: Any, steps: slice | None, rows: Any = None) -> np.ndarray:
+        """``fn(run, steps=slice)`` of rank ``r`` on the aligned rows selected by ``steps``
+        (a slice of aligned rows) or ``rows`` (their indices)."""
+        if rows is not None and steps is not None:
+            raise TypeError("give steps= or rows=, not both")
+        pick = np.asarray(rows, dtype=np.int64).reshape(-1) if rows is not None else (
+            steps if steps is not None else slice(None))
+        rows = self._rows[r][pick]
         if len(rows) == 0:
             data = np.asarray(fn(self.ranks[r], steps=slice(0, 0)))
             return data[:0]
@@ -180,10 +185,10 @@ class MergedRun(RunMetadata):
         return data[rows - lo]
 
     def per_rank(self, name: str, layer: str, role: str = "output", *, call: int = 0,
-                 steps: slice | None = None) -> np.ndarray:
+                 steps: slice | None = None, rows: Any = None) -> np.ndarray:
         """One statistic of one site on every rank, aligned: ``[ranks, steps, ...]``."""
         return np.stack([
-            self._read(i, lambda run, steps: run.stat(name, layer, role, call=call, steps=steps), steps)
+            self._read(i, lambda run, steps: run.stat(name, layer, role, call=call, steps=steps), steps, rows)
             for i in range(len(self.ranks))
         ]).astype(np.float64)
 
@@ -222,23 +227,24 @@ class MergedRun(RunMetadata):
         return self.ranks[0].channel_index(layer, role, call=call)
 
     # -- statistics --------------------------------------------------------------------------------
-    def _counts(self, layer: str, role: str, call: int, steps: slice | None) -> np.ndarray:
-        return self.per_rank("numel", layer, role, call=call, steps=steps)
+    def _counts(self, layer: str, role: str, call: int, steps: slice | None, rows: Any = None) -> np.ndarray:
+        return self.per_rank("numel", layer, role, call=call, steps=steps, rows=rows)
 
     def stat(self, name: str, layer: str, role: str = "output", *, call: int = 0,
-             steps: slice | None = None) -> np.ndarray:
+             steps: slice | None = None, rows: Any = None) -> np.ndarray:
         """A statistic of one site for the global batch (see the module docs)."""
+        sel = {"steps": steps, "rows": rows}
         if name in ("channel_mean", "channel_var", "mean", "std"):
-            n = self._counts(layer, role, call, steps)
+            n = self._counts(layer, role, call, steps, rows)
             if name.startswith("channel"):
-                mean = self.per_rank("channel_mean", layer, role, call=call, steps=steps)
-                var = self.per_rank("channel_var", layer, role, call=call, steps=steps)
+                mean = self.per_rank("channel_mean", layer, role, call=call, **sel)
+                var = self.per_rank("channel_var", layer, role, call=call, **sel)
             else:
-                mean = self.per_rank("mean", layer, role, call=call, steps=steps)
-                var = self.per_rank("std", layer, role, call=call, steps=steps) ** 2
+                mean = self.per_rank("mean", layer, role, call=call, **sel)
+                var = self.per_rank("std", layer, role, call=call, **sel) ** 2
             _, m, v = pool_moments(n, mean, var)
             return m if name.endswith("mean") else (v if name == "channel_var" else np.sqrt(v))
-        data = self.per_rank(name, layer, role, call=call, steps=steps)
+        data = self.per_rank(name, layer, role, call=call, **sel)
         if name == "min":
             return _reduce(data, np.fmin)
         if name == "max":
@@ -251,7 +257,7 @@ class MergedRun(RunMetadata):
         if name == "hist":
             self._check_edges(layer, role, call)
             return _nansum(data)
-        n = self._counts(layer, role, call, steps)
+        n = self._counts(layer, role, call, steps, rows)
         return _weighted_mean(n, data)
 
     def _check_edges(self, layer: str, role: str, call: int) -> None:
@@ -270,22 +276,24 @@ class MergedRun(RunMetadata):
         self._check_edges(layer, role, call)
         return self.ranks[0].hist_edges(layer, role, call=call)
 
-    def stat_all(self, name: str, *, steps: slice | None = None) -> tuple[list[Any], np.ndarray]:
+    def stat_all(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[Any], np.ndarray]:
         sites, _ = self.ranks[0].stat_all(name, steps=slice(0, 0))
-        cols = [self.stat(name, s.layer, s.role, call=s.call, steps=steps) for s in sites]
-        n = len(self.steps[steps if steps is not None else slice(None)])
+        cols = [self.stat(name, s.layer, s.role, call=s.call, steps=steps, rows=rows) for s in sites]
+        n = len(self.steps[np.asarray(rows, dtype=np.int64).reshape(-1) if rows is not None
+                           else (steps if steps is not None else slice(None))])
         return sites, (np.stack(cols, axis=1) if cols else np.zeros((n, 0)))
 
-    def grad(self, name: str, *, steps: slice | None = None) -> tuple[list[str], np.ndarray]:
+    def grad(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[str], np.ndarray]:
         names, _ = self.ranks[0].grad(name, steps=slice(0, 0))
-        return names, self._read(0, lambda run, steps: run.grad(name, steps=steps)[1], steps)
+        return names, self._read(0, lambda run, steps: run.grad(name, steps=steps)[1], steps, rows)
 
-    def module_stat(self, name: str, layer: str, *, steps: slice | None = None) -> np.ndarray:
-        return self._read(0, lambda run, steps: run.module_stat(name, layer, steps=steps), steps)
+    def module_stat(self, name: str, layer: str, *, steps: slice | None = None, rows: Any = None) -> np.ndarray:
+        return self._read(0, lambda run, steps: run.module_stat(name, layer, steps=steps), steps, rows)
 
-    def module_stat_per_rank(self, name: str, layer: str, *, steps: slice | None = None) -> np.ndarray:
+    def module_stat_per_rank(self, name: str, layer: str, *, steps: slice | None = None,
+                             rows: Any = None) -> np.ndarray:
         """A module tensor on every rank, aligned: ``[ranks, steps, width]``."""
-        return np.stack([self._read(i, lambda run, steps: run.module_stat(name, layer, steps=steps), steps)
+        return np.stack([self._read(i, lambda run, steps: run.module_stat(name, layer, steps=steps), steps, rows)
                          for i in range(len(self.ranks))]).astype(np.float64)
 
     def wall_time(self) -> np.ndarray:
