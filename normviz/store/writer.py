@@ -27,19 +27,8 @@ import numpy as np
 
 from normviz.errors import RecordingError  # noqa: F401 - importable from here as before
 from normviz.store import schema
+from normviz.store.datasets import DTYPES, MISSING_INT, Rows, create_rows
 from normviz.store.layout import Layout
-
-_DTYPES = {
-    "float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32, "uint16": np.uint16,
-}
-_CHUNK_BYTES = 256 * 1024
-#: Columns per chunk of a wide dataset (see :func:`_chunks`).
-_COLUMN_BLOCK = 256
-#: Integer statistics store -1 (unsigned ones their largest value) where a site did not
-#: run in a step; floats store NaN.
-MISSING_INT = -1
-_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "fletcher32": True}
-
 
 ScalarRows = list[tuple[int, dict[str, float]]]
 
@@ -70,25 +59,6 @@ def _scalar_rows(scalars: ScalarBatch | ScalarRows | None) -> ScalarRows:
     if isinstance(scalars, ScalarBatch):
         return scalars.resolve()
     return scalars or []
-
-
-def _chunks(width: int | None, itemsize: int, rows: int) -> tuple[int, ...]:
-    """Chunk shape of a per-step dataset: *rows* (one flush) by the full width, or by blocks
-    of :data:`_COLUMN_BLOCK` columns for wide datasets.
-
-    One flush fills whole chunks, so a compressed chunk is written once and never
-    rewritten: HDF5 does not reuse the space of a rewritten compressed chunk that grew,
-    and chunks rewritten at every flush made files many times larger than their data.
-    Wide datasets (every site's per-channel means side by side) are cut into column
-    blocks, so that reading one site's columns over a long run decompresses its block only.
-    """
-    if width is None:
-        return (4096,)
-    row_bytes = max(width * itemsize, 1)
-    rows = max(1, min(rows, (_CHUNK_BYTES * 4) // row_bytes)) if width <= 2 * _COLUMN_BLOCK else max(1, rows)
-    if width > 2 * _COLUMN_BLOCK:
-        return (rows, _COLUMN_BLOCK)
-    return (rows, max(width, 1))
 
 
 class RunWriter:
@@ -147,7 +117,7 @@ class RunWriter:
         self._steps_seen = 0
         self._written = 0
         self._closed = False
-        self._datasets: dict[str, _Rows] = {}
+        self._datasets: dict[str, Rows] = {}
 
     # -- training-thread side -------------------------------------------------------------
     def open(self, layout: Layout, hist_edges: np.ndarray | Any) -> None:
@@ -299,27 +269,27 @@ class RunWriter:
                 f.attrs[key] = json.dumps(value, sort_keys=True) if key == "meta" else value
             f.create_dataset(schema.LAYOUT, data=np.frombuffer(layout.to_json().encode("utf-8"), dtype=np.uint8))
             f.create_dataset(schema.STATUS, data=np.array([0, -1, 0], dtype=np.int64), track_times=False)
-            self._create_rows(f, schema.STEP, None, np.int64)
-            self._create_rows(f, schema.WALL_TIME, None, np.float64)
-            self._create_rows(f, schema.SCALAR_STEP, None, np.int64)
+            create_rows(f, schema.STEP, None, np.int64)
+            create_rows(f, schema.WALL_TIME, None, np.float64)
+            create_rows(f, schema.SCALAR_STEP, None, np.int64)
             # Scalars arrive every training step, in blocks of any size: uncompressed chunks
             # are rewritten in place (512 bytes a step).
-            self._create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan, rows=256, compress=False)
+            create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan, rows=256, compress=False)
             f.create_dataset(
                 schema.SCALAR_NAMES, shape=(schema.SCALAR_CAPACITY,), dtype=f"S{schema.SCALAR_NAME_BYTES}"
             )
             edges = _as_numpy(hist_edges).astype(np.float32).reshape(len(layout.sites), layout.hist_bins + 1)
             f.create_dataset(schema.HIST_EDGES, data=edges, track_times=False)
             for st in layout.stats:
-                ds = self._create_rows(f, f"{st.group}/{st.name}", st.width, _DTYPES[st.dtype], rows=self.flush_every)
+                ds = create_rows(f, f"{st.group}/{st.name}", st.width, DTYPES[st.dtype], rows=self.flush_every)
                 for key, value in st.attrs.items():
                     ds.attrs[key] = value
             f.swmr_mode = True
             f.flush()
             self._datasets = {
-                name: _Rows(f[name])
+                name: Rows(f[name])
                 for name in (schema.STEP, schema.WALL_TIME, schema.SCALAR_STEP, schema.SCALAR_VALUES)
-            } | {f"{st.group}/{st.name}": _Rows(f[f"{st.group}/{st.name}"]) for st in layout.stats}
+            } | {f"{st.group}/{st.name}": Rows(f[f"{st.group}/{st.name}"]) for st in layout.stats}
             # Appear under the final name only now, and never over an existing file.
             os.link(tmp, self.path)
         except BaseException:
@@ -329,25 +299,6 @@ class RunWriter:
         tmp.unlink()
         self._file = f
 
-    @staticmethod
-    def _create_rows(
-        f: h5py.File, name: str, width: int | None, dtype: Any, fill: float | None = None, *, rows: int = 1,
-        compress: bool = True,
-    ) -> h5py.Dataset:
-        shape = (0,) if width is None else (0, width)
-        maxshape = (None,) if width is None else (None, width)
-        kwargs = dict(_FILTERS) if width and compress else {}
-        return f.create_dataset(
-            name,
-            shape=shape,
-            maxshape=maxshape,
-            dtype=dtype,
-            chunks=_chunks(width, np.dtype(dtype).itemsize, rows),
-            fillvalue=fill,
-            track_times=False,
-            **kwargs,
-        )
-
     def _flush(self, *, clean: bool) -> None:
         f, layout = self._file, self._layout
         assert f is not None and layout is not None
@@ -355,7 +306,7 @@ class RunWriter:
             blocks = self.finish([(r[2], r[3], r[4]) for r in self._rows])
             for st in layout.stats:
                 block = blocks[f"{st.group}/{st.name}"]
-                dtype = _DTYPES[st.dtype]
+                dtype = DTYPES[st.dtype]
                 if np.issubdtype(dtype, np.integer):
                     missing = np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT
                     block = np.where(np.isnan(block), missing, block)  # a site that did not run this step
@@ -397,35 +348,6 @@ class RunWriter:
         self._datasets[schema.SCALAR_VALUES].append(block)
         self._datasets[schema.SCALAR_STEP].append(np.array([s for s, _ in self._scalar_rows], dtype=np.int64))
         self._scalar_rows.clear()
-
-
-class _Rows:
-    """A dataset growing by rows, appended to through h5py's low-level API.
-
-    The high-level ``resize`` + slice assignment costs ~10x more Python per call, and a
-    flush appends to every dataset of the run: on small models that Python time, spent
-    on the writer's thread, held the GIL the training thread needs.
-    """
-
-    __slots__ = ("id", "n", "dtype", "tail")
-
-    def __init__(self, ds: h5py.Dataset) -> None:
-        self.id = ds.id
-        self.n = int(ds.shape[0])
-        self.dtype = ds.dtype
-        self.tail = tuple(ds.shape[1:])
-
-    def append(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        k = block.shape[0]
-        if k == 0:
-            return
-        start = self.n
-        self.id.set_extent((start + k, *self.tail))
-        file_space = self.id.get_space()
-        file_space.select_hyperslab((start,) + (0,) * len(self.tail), block.shape)
-        self.id.write(h5py.h5s.create_simple(block.shape), file_space, block)
-        self.n = start + k
 
 
 def _as_numpy(value: Any) -> np.ndarray:

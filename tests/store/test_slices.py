@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import normviz
-from normviz.store import writer
+from normviz.store import datasets
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,6 @@ def test_rows_are_checked(run_path) -> None:
 
 def test_chunks_hold_one_flush_and_wide_datasets_split_columns() -> None:
     # one flush of rows fills whole chunks: a compressed chunk is written once
-    assert writer._chunks(100, 4, 10) == (10, 100)
-    assert writer._chunks(4800, 4, 10) == (10, writer._COLUMN_BLOCK)
-    assert writer._chunks(None, 8, 10) == (4096,)
+    assert datasets.chunks(100, 4, 10) == (10, 100)
+    assert datasets.chunks(4800, 4, 10) == (10, datasets.COLUMN_BLOCK)
+    assert datasets.chunks(None, 8, 10) == (4096,)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import normviz
+from normviz.store import datasets
 from normviz.store import writer as writer_mod
 
 
@@ -17,7 +18,7 @@ from normviz.store import writer as writer_mod
 def failing_append(monkeypatch):
     """Every dataset append after the first 40 raises ENOSPC, as a full disk does."""
     calls = {"n": 0}
-    original = writer_mod._Rows.append
+    original = datasets.Rows.append
 
     def append(rows, block):
         calls["n"] += 1
@@ -25,7 +26,7 @@ def failing_append(monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(rows, block)
 
-    monkeypatch.setattr(writer_mod._Rows, "append", append)
+    monkeypatch.setattr(datasets.Rows, "append", append)
     return calls
 
 
