@@ -6,7 +6,7 @@
 
 Every experiment is recorded with ``run_experiment`` (what ``normviz record --experiment NAME
 --seed S`` does) at its default size unless a section says otherwise, and every figure is read
-back from the run file by the ``*_findings`` functions of ``normviz.experiments.papers``. The
+back from the run file by the ``*_findings`` functions of ``normviz.analysis.findings``. The
 report goes to stdout, progress to stderr. The models are tiny: they run on one thread.
 """
 
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 import normviz
-from normviz.experiments import papers
-from normviz.experiments.registry import run_experiment
+from normviz.analysis import findings
+from normviz.analysis.correlation import spearman
+from normviz.experiments import run_experiment
+from normviz.experiments.papers import paper_experiment
 
 SECTIONS: dict[str, Callable[..., None]] = {}
 
@@ -47,7 +49,7 @@ class Recorder:
 
     def __call__(self, name: str, kind: str, seed: int, *, every: int = 1, steps: int | None = None,
                  **options: Any) -> normviz.Run:
-        exp = papers.paper_experiment(name, steps=steps, **options)
+        exp = paper_experiment(name, steps=steps, **options)
         self.count += 1
         path = self.folder / f"{name}-{kind}-{seed}-{self.count}.h5"
         t = time.perf_counter()
@@ -93,7 +95,7 @@ def label_smoothing(rec: Recorder, seeds: list[int]) -> None:
         "copy's `head` output, mean of the last 5 recorded steps (every 10th step recorded).\n")
     rows = []
     for seed in seeds:
-        f = papers.label_smoothing_findings(rec("label-smoothing", "none", seed, every=10))
+        f = findings.label_smoothing_findings(rec("label-smoothing", "none", seed, every=10))
         rows.append([seed, f["ce"]["std"], f["seed"]["std"], f["torch"]["std"], f["ce"]["std"] / f["seed"]["std"],
                      f["ce"]["max"], f["seed"]["max"], f["torch"]["max"], f["ce"]["range"] / f["seed"]["range"],
                      f["ce"]["test_acc"], f["seed"]["test_acc"], f["torch"]["test_acc"]])
@@ -116,7 +118,7 @@ def seed_bn_ln(rec: Recorder, seeds: list[int]) -> None:
         "as in the notebook. Final training loss (MSE).\n")
     rows = []
     for seed in seeds:
-        loss = {k: papers.final_loss(rec("seed-bn-ln", k, seed, every=10)) for k in ("batch", "layer", "none")}
+        loss = {k: findings.final_loss(rec("seed-bn-ln", k, seed, every=10)) for k in ("batch", "layer", "none")}
         rows.append([seed, loss["none"], loss["batch"], loss["layer"],
                      "yes" if loss["batch"] < loss["none"] else "no", "yes" if loss["layer"] < loss["none"] else "no"])
     out(table(["seed", "none", "BatchNorm", "LayerNorm", "BN < none", "LN < none"], rows))
@@ -139,7 +141,7 @@ def ioffe(rec: Recorder, seeds: list[int]) -> None:
     rows = []
     for seed in seeds:
         for kind in ("none", "batch"):
-            f = papers.ioffe_findings(rec("ioffe-fig1", kind, seed, every=20))
+            f = findings.ioffe_findings(rec("ioffe-fig1", kind, seed, every=20))
             rows.append([seed, kind, f["spread_ratio"], f["shift"], f["pooled_spread_ratio"], f["acc_early"], f["acc_final"]])
     out(table(["seed", "kind", "unit spread ratio", "unit shift", "pooled spread ratio", "acc @500", "acc @2000"], rows))
     none = [r for r in rows if r[1] == "none"]
@@ -155,7 +157,7 @@ def ioffe(rec: Recorder, seeds: list[int]) -> None:
 
 
 def _xiong_rows(rec: Recorder, seeds: list[int], **options: Any) -> list[dict[str, Any]]:
-    return [papers.xiong_findings(rec("xiong-ln", "layer", seed, **options)) for seed in seeds]
+    return [findings.xiong_findings(rec("xiong-ln", "layer", seed, **options)) for seed in seeds]
 
 
 @section("xiong-ln")
@@ -179,7 +181,7 @@ def xiong(rec: Recorder, seeds: list[int]) -> None:
         positive[d_model] = sum(r[4] > 0 for r in rows)
         ratios += [r[7] for r in rows]
         mean = {k: np.mean([f[k]["norms"] for f in results], axis=0) for k in results[0]}
-        rows.append(["mean profile"] + [papers.spearman(np.arange(len(mean[k])), mean[k])
+        rows.append(["mean profile"] + [spearman(np.arange(len(mean[k])), mean[k])
                                         for k in ("pre.fc", "pre.proj", "post.fc", "post.proj")]
                     + [mean["pre.proj"][-1] / mean["pre.proj"][0], mean["post.proj"][-1] / mean["post.proj"][0],
                        mean["post.proj"][-1] / mean["pre.proj"][-1]])
@@ -191,7 +193,7 @@ def xiong(rec: Recorder, seeds: list[int]) -> None:
     for seed in seeds:
         last = {}
         for layers in (6, 14):
-            f = papers.xiong_findings(rec("xiong-ln", "layer", seed, steps=2, layers=layers))
+            f = findings.xiong_findings(rec("xiong-ln", "layer", seed, steps=2, layers=layers))
             last[layers] = (f["pre.proj"]["norms"][-1], f["post.proj"]["norms"][-1])
         depth_rows.append([seed, last[6][0], last[14][0], last[14][0] / last[6][0], last[6][1], last[14][1],
                            last[14][1] / last[6][1]])
@@ -226,15 +228,15 @@ def wu_he(rec: Recorder, seeds: list[int]) -> None:
     noise_rows, scale_rows, fig_rows = [], [], []
     for seed in seeds:
         runs = {k: rec("wu-he-batch", k, seed, every=3) for k in ("none", "batch", "group")}
-        bn = papers.wu_he_batch_findings(runs["batch"])
-        gn = papers.wu_he_batch_findings(runs["group"])
+        bn = findings.wu_he_batch_findings(runs["batch"])
+        gn = findings.wu_he_batch_findings(runs["group"])
         for layer, e in bn["layers"].items():
             noise_rows.append([seed, layer.split(".")[-1], *e["mean_dev"], e["mean_dev"][-1] / e["mean_dev"][0],
                                e["slope"], e["r2"], e["floor_share"]])
         scale_rows.append([seed] + [bn["layers"][layer]["scale"][-1] for layer in bn["layers"]]
                           + [gn["layers"][layer]["scale"][-1] for layer in gn["layers"]]
                           + [max(abs(gn["layers"][layer]["scale"] - 1).max() for layer in gn["layers"])])
-        fig = {k: papers.wu_he_fig6_findings(r) for k, r in runs.items()}
+        fig = {k: findings.wu_he_fig6_findings(r) for k, r in runs.items()}
         fig_rows.append([seed] + [fig[k]["growth"] for k in ("none", "batch", "group")]
                         + [f"{fmt(fig[k]['p1'])} … {fmt(fig[k]['p99'])}" for k in ("none", "batch", "group")])
     sizes = list(bn["m"])
@@ -268,9 +270,9 @@ def _santurkar(rec: Recorder, seeds: list[int], name: str, every: int) -> list[l
     for seed in seeds:
         for kind in ("none", "batch"):
             run = rec(name, kind, seed, every=every)
-            f = papers.santurkar_findings(run)
+            f = findings.santurkar_findings(run)
             rows.append([seed, kind, f["l2"], f["rel"], f["cos"], f["frac_cos_below_0.9"], f["min_cos"],
-                         papers.final_loss(run, last=10)])
+                         findings.final_loss(run, last=10)])
     return rows
 
 
@@ -319,8 +321,8 @@ python gallery/plot_paper_ioffe_fig1.py               # the paper-style figure (
 
 From Python, `normviz.experiments.papers.paper_experiment(name, steps=…, **options)` changes a
 builder's sizes (e.g. `layers=14` and `d_model=128` for `xiong-ln`, `flip=0.1` for `ioffe-fig1`,
-`ics_every=50` for `santurkar-ics`), and the `*_findings` functions compute the figures above
-from a recorded run.
+`ics_every=50` for `santurkar-ics`), and the `*_findings` functions of `normviz.analysis.findings`
+compute the figures above from a recorded run.
 
 ## What is not reproduced, and what is not implemented
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import normviz
-from normviz.experiments.registry import EXPERIMENTS, run_experiment
+from normviz.experiments import EXPERIMENTS, run_experiment
 from normviz.plot.save import save_figure
 from normviz.plot.style import style_context
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import normviz
+from normviz.experiments import run_experiment
 from normviz.experiments.papers import paper_experiment
-from normviz.experiments.registry import run_experiment
 from normviz.plot.palette import kind_color
 from normviz.plot.save import save_figure
 from normviz.plot.style import new_figure, style_context

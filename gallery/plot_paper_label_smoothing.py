@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 import normviz
+from normviz.experiments import run_experiment
 from normviz.experiments.papers import SMOOTHING_VARIANTS, paper_experiment
-from normviz.experiments.registry import run_experiment
 from normviz.plot.palette import label_colors
 from normviz.plot.save import save_figure
 from normviz.plot.style import new_figure, style_context

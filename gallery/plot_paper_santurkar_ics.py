@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import normviz
+from normviz.experiments import run_experiment
 from normviz.experiments.papers import paper_experiment
-from normviz.experiments.registry import run_experiment
 from normviz.plot.common import shades
 from normviz.plot.palette import kind_color
 from normviz.plot.save import save_figure

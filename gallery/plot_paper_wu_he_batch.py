@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 import normviz
-from normviz.experiments.papers import paper_experiment, wu_he_batch_findings
-from normviz.experiments.registry import run_experiment
+from normviz.analysis.findings import wu_he_batch_findings
+from normviz.experiments import run_experiment
+from normviz.experiments.papers import paper_experiment
 from normviz.plot.common import shades
 from normviz.plot.palette import kind_color
 from normviz.plot.save import save_figure

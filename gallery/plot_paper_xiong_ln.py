@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 import normviz
-from normviz.experiments.papers import paper_experiment, xiong_findings
-from normviz.experiments.registry import run_experiment
+from normviz.analysis.findings import xiong_findings
+from normviz.experiments import run_experiment
+from normviz.experiments.papers import paper_experiment
 from normviz.plot.palette import label_colors
 from normviz.plot.save import save_figure
 from normviz.plot.style import new_figure, style_context

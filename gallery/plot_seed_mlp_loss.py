@@ -16,7 +16,7 @@ from pathlib import Path
 
 from _gallery import draw_experiment, quick
 
-from normviz.experiments.registry import EXPERIMENTS
+from normviz.experiments import EXPERIMENTS
 
 STYLE, DPI = "paper", 250
 

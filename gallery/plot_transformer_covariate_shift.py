@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _gallery import draw_experiment, quick
 
-from normviz.experiments.registry import EXPERIMENTS
+from normviz.experiments import EXPERIMENTS
 
 STYLE, DPI = "paper-wide", 150
 

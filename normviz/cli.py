@@ -112,7 +112,7 @@ def record(
     folder in ./normviz-runs unless --out names a FILE.h5 or an existing folder.
     """
     from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
-    from normviz.experiments.registry import iter_runs, run_experiment
+    from normviz.experiments import iter_runs, run_experiment
 
     if list_:
         width = max(len(name) for name in EXPERIMENTS) + 2

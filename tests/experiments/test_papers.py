@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 import normviz
-from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, papers
-from normviz.experiments.registry import run_experiment, split_step_result
+from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS, papers, run_experiment
+from normviz.experiments.base import split_step_result
+from normviz.experiments.papers.wu_he import build_wu_he
 from normviz.record.ics import gradient_ics, ics_scalars, sgd
 
 
@@ -239,9 +240,9 @@ def test_wu_he_fig6_no_norm_features_spread_bn_gn_do_not(wu_he):
 def test_wu_he_probes_leave_training_unchanged(tmp_path):
     gen = lambda: torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    with_probes = papers._wu_he("batch", gen(), torch.device("cpu"))
+    with_probes = build_wu_he("batch", gen(), torch.device("cpu"))
     torch.manual_seed(0)
-    without = papers._wu_he("batch", gen(), torch.device("cpu"), probes=())
+    without = build_wu_he("batch", gen(), torch.device("cpu"), probes=())
     without.model.load_state_dict(with_probes.model.state_dict())
     for i in range(3):
         # the same batches: the probe rows are drawn but not used without probes
