@@ -54,7 +54,7 @@ def _say(text: str, quiet: bool, *, err: bool = False) -> None:
         click.echo(text, err=err)
 
 
-def _progress(total: int, desc: str, quiet: bool) -> Any:
+def _progress(total: int | None, desc: str, quiet: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", disable=quiet or None, leave=False, file=sys.stderr)
@@ -111,8 +111,12 @@ def record(
     normviz.mark_step()); see docs/recording.md, "Script mode". Its run goes to a new
     folder in ./normviz-runs unless --out names a FILE.h5 or an existing folder.
     """
-    from normviz.experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
-    from normviz.experiments import iter_runs, run_experiment
+    from normviz.experiments import (
+        DEFAULT_EXPERIMENTS,
+        EXPERIMENTS,
+        iter_runs,
+        run_experiment,
+    )
 
     if list_:
         width = max(len(name) for name in EXPERIMENTS) + 2
@@ -248,26 +252,15 @@ def plot(
     interval: float,
 ) -> None:
     """Draw figures of RUNS (files or folders; default: the newest folder in ./normviz-runs)."""
-    from normviz.plot.api import parse_steps, render_to_files
-    from normviz.plot.save import parse_formats
-    from normviz.plot.style import STYLES
+    from normviz.plot.api import render_to_files
+    from normviz.plot.follow import follow_runs
     from normviz.plugins import get_plugin_host
+    from normviz.store.reader import open_run
 
-    try:
-        fmts = parse_formats(formats)
-    except ValueError as exc:
-        raise NormvizError(f"--format: {exc}") from exc
-    if style not in STYLES:
-        raise NormvizError(f"--style: unknown style {style!r}; known: {', '.join(STYLES)}")
-    steps = parse_steps(steps_range) if steps_range else None
+    # Formats, style, renderers and steps are checked by render_to_files (UsageError: exit 2).
     runs = _run_args(runs)  # resolved once: --follow rescans the same folders
     paths, name = _collect_runs(runs)
     host = get_plugin_host()
-    known = host.renderers()
-    wanted = _split(renderers)
-    for r in wanted or []:
-        if r not in known:
-            raise NormvizError(f"unknown renderer {r!r} (--renderer); known: {', '.join(sorted(known))}")
     out_dir = Path(out) if out else FIGURES_DIR / name
     existed = out_dir.exists()
     try:
@@ -276,28 +269,22 @@ def plot(
         raise NormvizError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from exc
     if not _writable(out_dir):
         raise NormvizError(f"{out_dir}: output folder is not writable")
-    from normviz.store.reader import open_run
-
-    from normviz.plot.api import group_runs
-
-    from normviz.merge import merge_ranks
-
     opened = []
     try:
         for p in paths:
             opened.append(open_run(p))
 
         def draw() -> Any:
-            n = len(group_runs(merge_ranks(opened))) * len(wanted or known)
-            with _progress(n, "plotting", quiet) as bar:
+            with _progress(None, "plotting", quiet) as bar:
                 return render_to_files(
-                    opened, out_dir, renderers=wanted, formats=fmts, style=style, layers=layers, steps=steps,
-                    host=host, progress=bar.update,
+                    opened, out_dir, renderers=_split(renderers), formats=formats, style=style, layers=layers,
+                    steps=steps_range or None, host=host, progress=bar.update, on_total=bar.reset,
                 )
 
         report = draw()
         if follow:
-            report = _follow(opened, draw, report, interval, lambda: _collect_runs(runs)[0])
+            report = follow_runs(opened, draw, report, interval=interval, rescan=lambda: _collect_runs(runs)[0],
+                                 say=lambda text: click.echo(text, err=True))
     finally:
         for run in opened:
             run.close()
@@ -316,51 +303,6 @@ def plot(
         raise _Failed(f"{n} renderer{'s' if n > 1 else ''} failed ({', '.join(report.failures)}); {rest}")
     if not report.written:
         raise NormvizError("nothing drawn: every renderer lacked the data it needs (see above)")
-
-
-def _follow(opened: list[Any], draw: Any, report: Any, interval: float, rescan: Any) -> Any:
-    """``plot --follow``: redraw every ``interval`` seconds with the rows published since,
-    until Ctrl-C or until every run was closed cleanly (then one last drawing).
-
-    Run files that appear meanwhile in the folders plotted (a torchrun rank that started
-    late, the next run of a sweep) join the drawing; ``rescan()`` lists the current files.
-    """
-    import time
-
-    from normviz.store.reader import open_run
-
-    def join_new_files() -> None:
-        known = {Path(run.path).resolve() for run in opened}
-        try:
-            paths = rescan()
-        except NormvizError:
-            return
-        for path in paths:
-            if path.resolve() in known:
-                continue
-            try:
-                opened.append(open_run(path))
-            except NormvizError:
-                continue  # not a readable run yet (or never): tried again at the next redraw
-            click.echo(f"normviz: following {path} too", err=True)
-
-    try:
-        while True:
-            done = all(run.status["clean"] for run in opened)
-            steps = [int(run.status["last_step"]) for run in opened]
-            click.echo(f"normviz: drew steps up to {max(steps, default=-1)}"
-                       + ("; every run is closed" if done else f"; redrawing every {interval:g} s (Ctrl-C stops)"),
-                       err=True)
-            if done:
-                return report
-            time.sleep(interval)
-            for run in opened:
-                run.refresh()
-            join_new_files()
-            report = draw()
-    except KeyboardInterrupt:
-        click.echo("normviz: stopped following", err=True)
-        return report
 
 
 def _writable(folder: Path) -> bool:

@@ -7,17 +7,21 @@ run on a probe input to see over which dims it is scale-invariant (what makes it
 normalizer) and whether it is also shift-invariant (centering: layer norm) or not
 (RMS norm). The probe uses its own random generator and a deep copy, so the
 model and the global RNG are untouched.
+
+Importing this module imports no torch (a plotting process registers it too): the
+functions import it when called, with a torch module in hand, so torch is loaded already.
 """
 
 from __future__ import annotations
 
-import copy
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from normviz.datatypes import NormSpec
 from normviz.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms", "none")
 
@@ -25,6 +29,8 @@ KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms", "none")
 @hookimpl(trylast=True)
 def normviz_classify_module(name: str, module: nn.Module) -> NormSpec | None:
     """Classify PyTorch's norm classes, then probe unknown classes named like norms."""
+    from torch import nn
+
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return NormSpec("batch", channel_dim=1, group_dims="batch")
     if isinstance(module, nn.modules.instancenorm._InstanceNorm):
@@ -66,6 +72,10 @@ def probe_norm(module: nn.Module) -> NormSpec | None:
     Returns a ``layer`` or ``rms`` spec, channels-last or channels-first, or None when
     the module does not behave like a per-row normalizer.
     """
+    import copy
+
+    import torch
+
     channels = _channels(module)
     if channels is None or channels < 2:
         return None
@@ -106,4 +116,6 @@ def probe_norm(module: nn.Module) -> NormSpec | None:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    import torch
+
     return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))

@@ -4,15 +4,24 @@ Each statistic is computed on the device from a :class:`~normviz.record.stats.Si
 and never synchronises with the host. Widths are fixed per site, so a run's rows
 have a fixed size; per-channel series hold at most ``max_channels`` channels
 (evenly spaced, the indices are stored).
+
+Importing this module imports no torch (a plotting process registers it too): the
+functions that compute import it; the levels and sizes come from
+:mod:`normviz.record.sizes`.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from normviz.datatypes import Register, Site, Statistic
 from normviz.hookspecs import hookimpl
-from normviz.record import stats as S
+from normviz.record.sizes import GROUP_LEVELS, HIST_BINS, PERCENTILE_LEVELS, SAMPLE_SIZE
+
+if TYPE_CHECKING:
+    import torch
+
+    from normviz.record import stats as S
 
 
 def _one(site: Site) -> int:
@@ -30,6 +39,8 @@ def _is_norm(site: Site) -> bool:
 def _levels(ctx: S.SiteTensor, levels: tuple[float, ...]) -> torch.Tensor:
     key = f"levels:{levels}"
     if key not in ctx.state:
+        import torch
+
         ctx.state[key] = torch.tensor(levels, dtype=torch.float32, device=ctx.x.device)
     return ctx.state[key]
 
@@ -48,15 +59,16 @@ def _channel_var(ctx: S.SiteTensor) -> torch.Tensor:
 
 
 def _pooled(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if "pooled" not in ctx._cache:
-        ctx._cache["pooled"] = S.pooled_moments(*ctx.moments())
-    return ctx._cache["pooled"]  # type: ignore[return-value]
+    from normviz.record import stats as S
+
+    return ctx.cached("pooled", lambda: S.pooled_moments(*ctx.moments()))  # type: ignore[return-value]
 
 
 def _extrema(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if "extrema" not in ctx._cache:
-        ctx._cache["extrema"] = torch.aminmax(ctx.x.float() if ctx.x.dtype == torch.bool else ctx.x)
-    return ctx._cache["extrema"]  # type: ignore[return-value]
+    import torch
+
+    return ctx.cached(  # type: ignore[return-value]
+        "extrema", lambda: torch.aminmax(ctx.x.float() if ctx.x.dtype == torch.bool else ctx.x))
 
 
 def _nonfinite(ctx: S.SiteTensor) -> torch.Tensor:
@@ -64,6 +76,8 @@ def _nonfinite(ctx: S.SiteTensor) -> torch.Tensor:
     (both known exactly from the shifted channel sums, finite iff every value is), else
     scaled from the sample. An exact count would cost a full pass every recorded step for
     a number that is almost always 0."""
+    import torch
+
     mean_c, _ = ctx.moments()
     sample = ctx.sample()
     present = ~torch.isfinite(mean_c).all()
@@ -73,29 +87,42 @@ def _nonfinite(ctx: S.SiteTensor) -> torch.Tensor:
 
 
 def _group(ctx: S.SiteTensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if "group" not in ctx._cache:
+    from normviz.record import stats as S
+
+    def make() -> tuple[torch.Tensor, torch.Tensor] | None:
         mean_c, var_c = ctx.moments()
-        ctx._cache["group"] = S.group_moments(ctx.x, ctx.spec, mean_c, var_c, ctx.gen) if ctx.spec else None
-    return ctx._cache["group"]  # type: ignore[return-value]
+        return S.group_moments(ctx.x, ctx.spec, mean_c, var_c, ctx.gen) if ctx.spec else None
+
+    return ctx.cached("group", make)  # type: ignore[return-value]
 
 
 def _group_summary(ctx: S.SiteTensor, which: int) -> torch.Tensor:
+    import torch
+
+    from normviz.record import stats as S
+
     g = _group(ctx)
-    levels = _levels(ctx, S.GROUP_LEVELS)
+    levels = _levels(ctx, GROUP_LEVELS)
     if g is None:
-        return torch.full((len(S.GROUP_LEVELS),), float("nan"), device=ctx.x.device)
+        return torch.full((len(GROUP_LEVELS),), float("nan"), device=ctx.x.device)
     return S.quantiles(g[which], levels)
 
 
 def _hist(ctx: S.SiteTensor) -> torch.Tensor:
+    from normviz.record import stats as S
+
     edges = ctx.state.get("edges")
     if edges is None:
         lo, hi = _extrema(ctx)
-        edges = ctx.state["edges"] = S.first_edges(lo.float(), hi.float(), S.HIST_BINS)
+        edges = ctx.state["edges"] = S.first_edges(lo.float(), hi.float(), HIST_BINS)
     return S.histogram(ctx.sample(), edges)
 
 
 def _channel_percentiles(ctx: S.SiteTensor) -> torch.Tensor:
+    import torch
+
+    from normviz.record import stats as S
+
     rows = ctx.as_channels()
     index = ctx.state.get("channel_index")
     if index is not None:
@@ -103,79 +130,96 @@ def _channel_percentiles(ctx: S.SiteTensor) -> torch.Tensor:
     k = min(rows.shape[1], 1024)
     pick = torch.randint(0, rows.shape[1], (k,), generator=ctx.gen, device=rows.device)
     sample = rows.index_select(1, pick)
-    levels = _levels(ctx, S.PERCENTILE_LEVELS)
+    levels = _levels(ctx, PERCENTILE_LEVELS)
     return torch.stack([S.quantiles(r, levels) for r in sample.unbind(0)]).reshape(-1)
 
 
-BUILTIN_STATISTICS: tuple[Statistic, ...] = (
-    Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)", fused=True),
-    Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)", fused=True),
-    Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)", fused=True),
-    Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)", fused=True),
-    Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)", fused=True),
-    Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)", fused=True),
-    Statistic(
-        "percentiles",
-        lambda c: S.quantiles(c.sample(), _levels(c, S.PERCENTILE_LEVELS)),
-        lambda s: len(S.PERCENTILE_LEVELS),
-        f"percentiles {S.PERCENTILE_LEVELS} of a {S.SAMPLE_SIZE}-value random sample (exact on the sample)",
-        fused=True,
-    ),
-    Statistic(
-        "hist",
-        _hist,
-        lambda s: S.HIST_BINS + 2,
-        f"histogram of the sample: underflow, {S.HIST_BINS} bins between edges fixed at the first recorded step, overflow",
-        dtype="uint16",  # counts of a 4096-value sample: 16 bits are enough, and halve the largest dataset
-        fused=True,
-    ),
-    Statistic(
-        "nonfinite",
-        lambda c: _nonfinite(c),
-        _one,
-        "count of NaN and ±inf values: exactly 0 when none, >= 1 when any, else estimated from the sample",
-        dtype="int64",
-        fused=True,
-    ),
-    Statistic(
-        "numel",
-        lambda c: torch.full((1,), float(c.x.numel()), dtype=torch.float64, device=c.x.device),
-        _one,
-        "number of values",
-        dtype="int64",
-        fused=True,
-    ),
-    Statistic(
-        "group_mean",
-        lambda c: _group_summary(c, 0),
-        lambda s: len(S.GROUP_LEVELS),
-        f"percentiles {S.GROUP_LEVELS} over the normalization groups of their means",
-        applies=_is_norm,
-        fused=True,
-    ),
-    Statistic(
-        "group_scale",
-        lambda c: _group_summary(c, 1),
-        lambda s: len(S.GROUP_LEVELS),
-        f"percentiles {S.GROUP_LEVELS} over the normalization groups of their std (RMS for rms norms)",
-        applies=_is_norm,
-        fused=True,
-    ),
-    Statistic(
-        "channel_percentiles",
-        _channel_percentiles,
-        lambda s: s.stored_channels * len(S.PERCENTILE_LEVELS),
-        "opt-in: per-channel percentiles from up to 1024 values per channel",
-        default=False,
-    ),
-    Statistic(
-        "sample",
-        lambda c: c.sample(),
-        lambda s: S.SAMPLE_SIZE,
-        "opt-in: the random value sample itself",
-        default=False,
-    ),
-)
+def _percentiles(ctx: S.SiteTensor) -> torch.Tensor:
+    from normviz.record import stats as S
+
+    return S.quantiles(ctx.sample(), _levels(ctx, PERCENTILE_LEVELS))
+
+
+def _numel(ctx: S.SiteTensor) -> torch.Tensor:
+    import torch
+
+    return torch.full((1,), float(ctx.x.numel()), dtype=torch.float64, device=ctx.x.device)
+
+
+def _builtin_statistics() -> tuple[Statistic, ...]:
+    return (
+        Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)", fused=True),
+        Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)", fused=True),
+        Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)", fused=True),
+        Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)", fused=True),
+        Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)", fused=True),
+        Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)", fused=True),
+        Statistic(
+            "percentiles",
+            _percentiles,
+            lambda s: len(PERCENTILE_LEVELS),
+            f"percentiles {PERCENTILE_LEVELS} of a {SAMPLE_SIZE}-value random sample (exact on the sample)",
+            fused=True,
+        ),
+        Statistic(
+            "hist",
+            _hist,
+            lambda s: HIST_BINS + 2,
+            f"histogram of the sample: underflow, {HIST_BINS} bins between edges fixed at the first recorded step, overflow",
+            dtype="uint16",  # counts of a 4096-value sample: 16 bits are enough, and halve the largest dataset
+            fused=True,
+        ),
+        Statistic(
+            "nonfinite",
+            lambda c: _nonfinite(c),
+            _one,
+            "count of NaN and ±inf values: exactly 0 when none, >= 1 when any, else estimated from the sample",
+            dtype="int64",
+            fused=True,
+        ),
+        Statistic(
+            "numel",
+            _numel,
+            _one,
+            "number of values",
+            dtype="int64",
+            fused=True,
+        ),
+        Statistic(
+            "group_mean",
+            lambda c: _group_summary(c, 0),
+            lambda s: len(GROUP_LEVELS),
+            f"percentiles {GROUP_LEVELS} over the normalization groups of their means",
+            applies=_is_norm,
+            fused=True,
+        ),
+        Statistic(
+            "group_scale",
+            lambda c: _group_summary(c, 1),
+            lambda s: len(GROUP_LEVELS),
+            f"percentiles {GROUP_LEVELS} over the normalization groups of their std (RMS for rms norms)",
+            applies=_is_norm,
+            fused=True,
+        ),
+        Statistic(
+            "channel_percentiles",
+            _channel_percentiles,
+            lambda s: s.stored_channels * len(PERCENTILE_LEVELS),
+            "opt-in: per-channel percentiles from up to 1024 values per channel",
+            default=False,
+        ),
+        Statistic(
+            "sample",
+            lambda c: c.sample(),
+            lambda s: SAMPLE_SIZE,
+            "opt-in: the random value sample itself",
+            default=False,
+        ),
+    )
+
+
+#: Every built-in statistic, as registered.
+BUILTIN_STATISTICS: tuple[Statistic, ...] = _builtin_statistics()
 
 
 @hookimpl

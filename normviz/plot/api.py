@@ -19,8 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from normviz.errors import MissingDataError, UsageError
-from normviz.plot.common import as_runs, parse_steps, sort_runs
+from normviz.plot.looks import sort_runs
 from normviz.plot.save import parse_formats, save_all
+from normviz.plot.selection import as_runs, parse_steps
 from normviz.plot.style import STYLES, new_figure, style_context
 from normviz.plot.ticks import declutter
 
@@ -44,12 +45,12 @@ def _lookup(renderers: dict[str, Any], name: str) -> Any:
         return renderers[name]
     except KeyError:
         known = ", ".join(sorted(renderers)) or "none"
-        raise UsageError(f"unknown renderer {name!r}; registered renderers: {known}") from None
+        raise UsageError(f"unknown renderer {name!r} (--renderer); registered renderers: {known}") from None
 
 
 def _check_style(style: str) -> str:
     if style not in STYLES:
-        raise UsageError(f"unknown style {style!r}; valid styles are: {', '.join(STYLES)}")
+        raise UsageError(f"--style: unknown style {style!r}; valid styles are: {', '.join(STYLES)}")
     return style
 
 
@@ -201,6 +202,7 @@ def render_to_files(
     steps: str | slice | None = None,
     host: Any = None,
     progress: Callable[[int], Any] | None = None,
+    on_total: Callable[[int], Any] | None = None,
 ) -> RenderReport:
     """Draw every renderer for every experiment group and write the figures.
 
@@ -227,8 +229,11 @@ def render_to_files(
         A :class:`~normviz.plugins.PluginHost`; default: built-ins and installed plugins.
     progress
         Called as ``progress(1)`` after each figure, drawn or not (e.g. a tqdm
-        bar's ``update``); there are ``len(group_runs(runs)) * len(renderers)``
-        figures in all.
+        bar's ``update``).
+    on_total
+        Called once, after the checks and before the first figure, with the number
+        of figures to come: experiment groups (:func:`group_runs` of the merged runs)
+        times renderers (e.g. a tqdm bar's ``reset``, to set its total).
 
     Returns
     -------
@@ -248,7 +253,7 @@ def render_to_files(
     try:
         fmts = parse_formats(formats)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--format: {exc}") from None
     step_slice = parse_steps(steps)
     host = _host(host)
     registry = host.renderers()
@@ -260,6 +265,8 @@ def render_to_files(
     merged = merge_ranks(as_runs(list(runs)))
     check_selection(merged, layers, step_slice)
     groups = group_runs(merged)
+    if on_total is not None:
+        on_total(len(groups) * len(chosen))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = RenderReport()

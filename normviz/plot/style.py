@@ -31,6 +31,7 @@ __all__ = [
     "STYLE_DIR",
     "figure_size",
     "figure_width",
+    "max_height",
     "new_figure",
     "style_context",
     "style_path",
@@ -124,6 +125,20 @@ def figure_width(name: str) -> float:
     return _style_figsize(name)[0]
 
 
+def max_height(name: str) -> float | None:
+    """Tallest figure in inches that fits the medium of style ``name``; None when it has no limit.
+
+    9 in for the paper styles (the text height of a two-column page), 5.625 in for
+    ``slides`` (a 16:9 slide), None for ``notebook`` (notebooks scroll).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of :data:`STYLES`.
+    """
+    return _MAX_HEIGHT[_check_name(name)]
+
+
 def figure_size(
     name: str, *, height_ratio: float | None = None, nrows_hint: int = 1
 ) -> tuple[float, float]:
@@ -156,7 +171,7 @@ def figure_size(
     if int(nrows_hint) != nrows_hint or nrows_hint < 1:
         raise ValueError(f"nrows_hint must be a positive integer, got {nrows_hint!r}")
     height = width * height_ratio * int(nrows_hint)
-    limit = _MAX_HEIGHT[name]
+    limit = max_height(name)
     if limit is not None:
         height = min(height, limit)
     return width, height

@@ -254,7 +254,7 @@ _LONG: dict[str, object] = {}
 
 
 def test_gradient_flow_heatmap_ticks_fit_short_panels(contract_runs, kind_runs):
-    from normviz.default_plugins.gradient_flow import layer_tick_rows
+    from normviz.plot.renderers.gradient_flow import layer_tick_rows
 
     assert layer_tick_rows(13, 30.0, 8.0) == [0, 5, 10]  # 13 rows of 2.3 pt: a label every 5 rows
     assert layer_tick_rows(4, 200.0, 8.0) == [0, 1, 2, 3]
