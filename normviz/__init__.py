@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "NormKind",
     "NormSpec",
     "Recorder",
     "Renderer",
@@ -26,19 +27,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from normviz.datatypes import NormSpec, Renderer, Site, Statistic
+    from normviz.datatypes import NormKind, NormSpec, Renderer, Site, Statistic
     from normviz.hookspecs import hookimpl
     from normviz.record.recorder import Recorder
     from normviz.store.reader import Run
 
 # Names resolved on first use, from the module that defines them: `import normviz` stays
 # light (no torch, no matplotlib, no h5py) and torch loads only when recording. The plugin
-# API (Renderer, Statistic, NormSpec, Site, hookimpl) comes from modules that import
+# API (Renderer, Statistic, NormKind, NormSpec, Site, hookimpl) comes from modules that import
 # nothing heavy, so a plugin module can import it at no cost.
 _LAZY: dict[str, str] = {
     "Recorder": "normviz.record.recorder",
     "Run": "normviz.store.reader",
     "hookimpl": "normviz.hookspecs",
+    "NormKind": "normviz.datatypes",
     "NormSpec": "normviz.datatypes",
     "Renderer": "normviz.datatypes",
     "Site": "normviz.datatypes",

@@ -11,7 +11,6 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,8 @@ import click
 
 from normviz import __version__
 from normviz.errors import NormvizError
+from normviz.folders import FIGURES_DIR, RUNS_DIR, collect_runs, new_run_folder, run_args, writable
 
-RUNS_DIR = Path("normviz-runs")
-FIGURES_DIR = Path("normviz-figures")
 
 
 class _Failed(Exception):
@@ -32,20 +30,6 @@ def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _new_run_folder(base: Path) -> Path:
-    """A new ``<base>/<YYYYmmdd-HHMMSS>[-N]/`` folder; never reuses one."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base.mkdir(parents=True, exist_ok=True)
-    for n in range(1000):
-        folder = base / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise NormvizError(f"{base}: cannot create a new run folder")
 
 
 def _say(text: str, quiet: bool, *, err: bool = False) -> None:
@@ -151,7 +135,7 @@ def record(
             raise NormvizError(f"{folder}: --out must be a folder for built-in experiments")
         folder.mkdir(parents=True, exist_ok=True)
     else:
-        folder = _new_run_folder(RUNS_DIR)
+        folder = new_run_folder(RUNS_DIR)
     if not overwrite:
         for exp, kind in plan:
             if (folder / f"{exp.name}-{kind}.h5").exists():
@@ -199,7 +183,7 @@ def _record_script(
     elif out is not None:
         raise NormvizError(f"--out {out}: for a script, name a FILE.h5 or an existing folder")
     else:
-        created = _new_run_folder(RUNS_DIR)
+        created = new_run_folder(RUNS_DIR)
         path = created / f"{script.stem}.h5"
     if path.exists() and not overwrite:
         raise NormvizError(f"{path}: file exists; normviz never overwrites a run (use --overwrite)")
@@ -258,8 +242,8 @@ def plot(
     from normviz.store.reader import open_run
 
     # Formats, style, renderers and steps are checked by render_to_files (UsageError: exit 2).
-    runs = _run_args(runs)  # resolved once: --follow rescans the same folders
-    paths, name = _collect_runs(runs)
+    runs = run_args(runs)  # resolved once: --follow rescans the same folders
+    paths, name = collect_runs(runs)
     host = get_plugin_host()
     out_dir = Path(out) if out else FIGURES_DIR / name
     existed = out_dir.exists()
@@ -267,7 +251,7 @@ def plot(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NormvizError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from exc
-    if not _writable(out_dir):
+    if not writable(out_dir):
         raise NormvizError(f"{out_dir}: output folder is not writable")
     opened = []
     try:
@@ -283,7 +267,7 @@ def plot(
 
         report = draw()
         if follow:
-            report = follow_runs(opened, draw, report, interval=interval, rescan=lambda: _collect_runs(runs)[0],
+            report = follow_runs(opened, draw, report, interval=interval, rescan=lambda: collect_runs(runs)[0],
                                  say=lambda text: click.echo(text, err=True))
     finally:
         for run in opened:
@@ -305,114 +289,20 @@ def plot(
         raise NormvizError("nothing drawn: every renderer lacked the data it needs (see above)")
 
 
-def _writable(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK)
-
-
-def _collect_runs(args: Sequence[str]) -> tuple[list[Path], str]:
-    """Run files named directly or found in folders; default: the newest run folder."""
-    args = _run_args(args)
-    paths: list[Path] = []
-    for arg in args:
-        p = Path(arg)
-        if p.is_dir():
-            found = sorted(p.glob("*.h5"))
-            if not found:
-                raise NormvizError(f"{p}: folder holds no run files (*.h5)")
-            paths.extend(found)
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise NormvizError(f"{p}: no such file or folder")
-    first = Path(args[0])
-    name = first.name if first.is_dir() else first.stem
-    return paths, name
-
-
-def _run_args(args: Sequence[str]) -> list[str]:
-    """The files and folders to plot: *args*, or the newest run folder when none is named."""
-    if not args:
-        if not RUNS_DIR.is_dir():
-            raise NormvizError(f"no runs: {RUNS_DIR}/ does not exist (run `normviz record` first, or name runs)")
-        folders = sorted((p for p in RUNS_DIR.iterdir() if p.is_dir() and any(p.glob("*.h5"))), key=lambda p: p.name)
-        if not folders:
-            raise NormvizError(f"no runs: {RUNS_DIR}/ holds no run folder")
-        return [str(folders[-1])]
-    return list(args)
-
-
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable keys).")
 def info(run: str, as_json: bool) -> None:
     """What a run file holds: layers, norm kinds, statistics, steps, metadata."""
     from normviz.store.reader import open_run
+    from normviz.store.summary import info_dict, info_lines
 
     with open_run(run) as r:
-        data = info_dict(r)
         if as_json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True))
+            click.echo(json.dumps(info_dict(r), indent=2, sort_keys=True))
             return
-        click.echo(f"{r.path}: normviz run, schema {r.schema_version}")
-        click.echo(f"  label {data['label']!r}, experiment {data['experiment']}, norm kind {data['norm_kind']}")
-        span = f" (training steps {data['first_step']}..{data['last_step']})" if data["steps"] else ""
-        click.echo(f"  rank {data['rank']} of {data['world_size']}; {data['steps']} recorded steps{span}, "
-                   f"{data['steps_seen']} steps seen, "
-                   f"{'closed cleanly' if data['clean'] else 'not closed (still being written, or killed)'}")
-        click.echo(f"  scalars: {', '.join(data['scalars']) or '-'}")
-        click.echo("  layers:")
-        for layer in data["layers"]:
-            kind = layer["kind"] or "-"
-            click.echo(f"    {layer['name'] or '<root>':<28} {kind:<9} {layer['module_type']:<20} channels {layer['channels']}  calls {layer['calls']}")
-        for group, names in r.statistics.items():
-            click.echo(f"  {group} statistics: {', '.join(names) or '-'}")
-        for layer in r.layers:
-            if layer.kind == "batch" and len(r.steps):
-                try:
-                    rm, rv = r.module_stat("running_mean", layer.name)[-1], r.module_stat("running_var", layer.name)[-1]
-                except NormvizError:
-                    continue
-                click.echo(f"  BatchNorm {layer.name!r} at the last recorded step:")
-                click.echo(f"    running_mean {_fmt(rm, layer.channels)}")
-                click.echo(f"    running_var  {_fmt(rv, layer.channels)}")
-
-
-def _fmt(values: Any, channels: int | None, n: int = 6) -> str:
-    """The first values of a stored per-channel series, and how many of the layer's channels it keeps."""
-    shown = ", ".join(f"{v:.4f}" for v in values[:n])
-    kept = len(values)
-    of = f"{kept} of {channels} channels kept" if channels and channels > kept else f"{kept} channels"
-    return f"[{shown}{', ...' if kept > n else ''}] ({of})"
-
-
-def info_dict(run: Any) -> dict[str, Any]:
-    """The stable ``normviz info --json`` document."""
-    status = run.status
-    steps = run.steps
-    return {
-        "path": str(run.path),
-        "schema": "normviz.run",
-        "schema_version": run.schema_version,
-        "label": run.label,
-        "experiment": run.experiment,
-        "norm_kind": run.norm_kind,
-        "steps": int(len(steps)),
-        "first_step": int(steps[0]) if len(steps) else None,
-        "last_step": int(steps[-1]) if len(steps) else None,
-        "steps_seen": status["steps_seen"],
-        "clean": bool(status["clean"]),
-        "rank": run.rank,
-        "world_size": run.world_size,
-        "scalars": run.scalar_names,
-        "statistics": run.statistics,
-        "layers": [
-            {"name": l.name, "kind": l.kind, "module_type": l.module_type, "channels": l.channels, "calls": l.calls}
-            for l in run.layers
-        ],
-        "meta": {k: v for k, v in run.meta.items() if k != "model"},
-    }
+        for line in info_lines(r):
+            click.echo(line)
 
 
 @cli.command()
@@ -422,40 +312,20 @@ def plugins(as_json: bool) -> None:
     from normviz.plugins import get_plugin_host
 
     host = get_plugin_host()
-    renderers = host.renderers()
-    statistics = host.statistics()
-    kinds = _norm_kinds(host)
-    data = {
-        "renderers": [{"name": n, "description": r.description, "provider": host.owner("renderer", n)} for n, r in sorted(renderers.items())],
-        "statistics": [
-            {"name": n, "description": s.description, "default": s.default, "provider": host.owner("statistic", n)}
-            for n, s in sorted(statistics.items())
-        ],
-        "norm_kinds": kinds,
-        "plugins": [{"name": n, "provider": src} for n, src in sorted(host.sources.items())],
-        "failures": host.failures,
-    }
+    data = host.listing()
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    for section in ("renderers", "statistics"):
-        click.echo(f"{section}:")
+    kinds = host.norm_kinds()
+    for item in data["norm_kinds"]:
+        kind = kinds[item["name"]]
+        item["description"] = f"{kind.label}: {kind.groups}" if kind.groups else kind.label
+    for section in ("renderers", "statistics", "norm_kinds"):
+        click.echo(f"{section.replace('_', ' ')}:")
         for item in data[section]:
             click.echo(f"  {item['name']:<22} {item['provider']:<24} {item['description']}")
-    click.echo("norm kinds:")
-    for item in kinds:
-        click.echo(f"  {item['name']:<22} {item['provider']}")
     for name, message in host.failures.items():
         click.echo(f"plugin {name!r} failed to load: {message}", err=True)
-
-
-def _norm_kinds(host: Any) -> list[dict[str, str]]:
-    """Built-in kinds, plus kinds plugins declare with a module-level ``NORM_KINDS`` tuple."""
-    out = []
-    for name, plugin in host.pm.list_name_plugin():
-        for kind in getattr(plugin, "NORM_KINDS", getattr(plugin, "KINDS", ())) or ():
-            out.append({"name": kind, "provider": host.sources.get(name, name)})
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

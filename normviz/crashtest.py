@@ -60,8 +60,6 @@ class KillResult:
 
 def kill_recorder(folder: Path, name: str, delay: float, every: int = 1, timeout: float = 60.0) -> KillResult:
     """Start a recording child, wait for its first flush plus *delay* seconds, SIGKILL it, check the file."""
-    import normviz
-
     path = folder / f"{name}.h5"
     script = folder / "crash_child.py"
     script.write_text(CHILD)

@@ -64,6 +64,37 @@ class NormSpec:
 
 
 @dataclass(frozen=True)
+class NormKind:
+    """A norm kind as normviz lists and draws it, registered through
+    ``normviz_register_norm_kinds`` (the built-in kinds the same way as a plugin's).
+
+    Parameters
+    ----------
+    name:
+        The kind, as a :class:`NormSpec` and a run's ``norm_kind`` name it (``batch``).
+    label:
+        How titles and legends name it (``BatchNorm``).
+    groups:
+        How one normalization group is formed (what one mean/variance or RMS is
+        computed over), for people: ``one channel over N and the spatial dims``.
+    per_channel:
+        Whether its groups lie within one channel (BatchNorm, InstanceNorm): its output
+        group means and scales are then the channels' β and |γ|.
+    color, linestyle, marker:
+        How its runs are drawn; None: a stable choice from the name among the colours,
+        dash patterns and markers no built-in kind uses.
+    """
+
+    name: str
+    label: str
+    groups: str = ""
+    per_channel: bool = False
+    color: str | None = None
+    linestyle: Any = None
+    marker: str | None = None
+
+
+@dataclass(frozen=True)
 class Site:
     """One recorded tensor: a layer's input or output, for one call per forward."""
 

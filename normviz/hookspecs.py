@@ -16,7 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from normviz.datatypes import NormSpec, Register, Renderer, Statistic
+    from normviz.datatypes import NormKind, NormSpec, Register, Renderer, Statistic
 
 hookspec = pluggy.HookspecMarker("normviz")
 hookimpl = pluggy.HookimplMarker("normviz")
@@ -48,3 +48,9 @@ def normviz_register_statistics(register: Register[Statistic]) -> None:
 @hookspec
 def normviz_register_renderers(register: Register[Renderer]) -> None:
     """Call ``register(Renderer(...))`` once per figure this plugin draws."""
+
+
+@hookspec
+def normviz_register_norm_kinds(register: Register[NormKind]) -> None:
+    """Call ``register(NormKind(...))`` once per norm kind this plugin classifies modules as:
+    its label, how its normalization groups are formed, and how its runs are drawn."""

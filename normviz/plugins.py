@@ -6,6 +6,7 @@ Nothing here runs at import time: callers build a :class:`PluginHost` with
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -23,7 +24,7 @@ from normviz.errors import PluginError
 if TYPE_CHECKING:
     from torch import nn
 
-    from normviz.datatypes import NormSpec, Renderer, Statistic
+    from normviz.datatypes import NormKind, NormSpec, Renderer, Statistic
 
 ENTRY_POINT_GROUP = "normviz"
 BUILTIN = "built-in"
@@ -63,6 +64,24 @@ class PluginHost:
     def renderers(self) -> dict[str, Renderer]:
         """Every registered renderer by name."""
         return self._collect("normviz_register_renderers", "renderer")
+
+    def norm_kinds(self) -> dict[str, NormKind]:
+        """Every registered norm kind by name."""
+        return self._collect("normviz_register_norm_kinds", "norm kind")
+
+    def listing(self) -> dict[str, Any]:
+        """What ``normviz plugins --json`` prints: every renderer, statistic and norm kind with
+        the distribution that provides it, the plugins, and the ones that failed to load."""
+        renderers, statistics, kinds = self.renderers(), self.statistics(), self.norm_kinds()
+        return {
+            "renderers": [{"name": n, "description": r.description, "provider": self.owner("renderer", n)}
+                          for n, r in sorted(renderers.items())],
+            "statistics": [{"name": n, "description": s.description, "default": s.default,
+                            "provider": self.owner("statistic", n)} for n, s in sorted(statistics.items())],
+            "norm_kinds": [{"name": n, "provider": self.owner("norm kind", n)} for n in kinds],
+            "plugins": [{"name": n, "provider": src} for n, src in sorted(self.sources.items())],
+            "failures": dict(self.failures),
+        }
 
     def provider(self, plugin: object) -> str:
         """The distribution that provides a registered plugin object."""
@@ -168,3 +187,10 @@ def _register_extra(host: PluginHost, plugin: str | ModuleType | object) -> None
     if not host.pm.is_registered(obj):
         host.pm.register(obj, name=name)
         host.sources[name] = f"{name} (named explicitly)"
+
+
+@functools.cache
+def registered_norm_kinds() -> dict[str, NormKind]:
+    """The norm kinds of the built-ins and the installed plugins, by name: what figures
+    name and colour runs by. Collected once per process (a plugin host is built for it)."""
+    return get_plugin_host().norm_kinds()

@@ -135,3 +135,42 @@ def test_plugin_named_explicitly_by_module(tmp_path, monkeypatch):
     assert "mine" in host.renderers()
     with pytest.raises(PluginError, match="cannot import"):
         get_plugin_host(entrypoints=False, extra=["no_such_module_here"])
+
+
+def test_norm_kinds_are_registered_descriptors_the_built_ins_too():
+    from normviz.datatypes import NormKind
+    from normviz.default_plugins.norm_kinds import BUILTIN_KINDS
+    from normviz.plot.palette import KIND_COLORS, KIND_ORDER
+
+    host = get_plugin_host(entrypoints=False)
+    kinds = host.norm_kinds()
+    assert list(kinds) == list(KIND_ORDER) == ["batch", "layer", "instance", "group", "rms", "none"]
+    assert all(host.owner("norm kind", k) == "built-in" for k in kinds)
+    assert {k: v.color for k, v in kinds.items()} == KIND_COLORS
+    assert kinds["batch"] == BUILTIN_KINDS[0] and kinds["batch"].label == "BatchNorm" and kinds["batch"].per_channel
+    blocked = get_plugin_host(entrypoints=False, blocked=["normviz.default_plugins.norm_kinds"])
+    assert blocked.norm_kinds() == {}
+    assert blocked.classify("0", nn.BatchNorm1d(3)) is None  # the same plugin classifies
+
+    class Plugin:
+        @hookimpl
+        def normviz_register_norm_kinds(self, register):
+            register(NormKind("wn", "WeightNorm", "none: the weights are normalized", color="#56B4E9"))
+
+    host = get_plugin_host(entrypoints=False, extra=[Plugin()])
+    assert host.norm_kinds()["wn"].label == "WeightNorm"
+    assert set(host.norm_kinds()) == {*KIND_ORDER, "wn"} and host.owner("norm kind", "wn") != "built-in"
+
+
+def test_a_plugin_kind_is_named_and_coloured_by_its_descriptor(monkeypatch):
+    from normviz import plugins as plugins_mod
+    from normviz.datatypes import NormKind
+    from normviz.plot import looks, palette
+
+    kinds = {"wn": NormKind("wn", "WeightNorm", "", color="#123456", linestyle=(0, (1, 1)), marker="P")}
+    monkeypatch.setattr(plugins_mod, "registered_norm_kinds", lambda: kinds)
+    assert looks.kind_name("wn") == "WeightNorm"
+    assert palette.kind_color("wn") == "#123456" and palette.kind_marker("wn") == "P"
+    assert palette.kind_linestyle("wn") == (0, (1, 1))
+    assert palette.kind_color("batch") == "#0072B2"  # the built-ins need no host
+    assert looks.kind_name("unheard-of") == "unheard-of"

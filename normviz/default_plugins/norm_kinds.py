@@ -1,4 +1,8 @@
-"""Built-in norm classification: PyTorch's norm classes and look-alikes.
+"""Built-in norm kinds: their descriptors, and classifying PyTorch's norm classes and look-alikes.
+
+:data:`BUILTIN_KINDS` is the one list of the built-in kinds (their labels, how their
+normalization groups are formed, how they are drawn), registered through
+``normviz_register_norm_kinds`` exactly as a plugin registers its own.
 
 PyTorch's own classes are recognised by type. Classes a model defines itself (an
 RMSNorm written by hand, ConvNeXt's channels-first LayerNorm, a "LayerNorm" that
@@ -16,14 +20,41 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from normviz.datatypes import NormSpec
+from normviz.datatypes import NormKind, NormSpec, Register
 from normviz.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms", "none")
+#: The built-in kinds, in the order figures list them; ``none`` (the baseline without
+#: normalization) comes last. Colours: Okabe & Ito's colour-blind-safe palette, the
+#: darkest, most saturated for the kinds compared most often, black for the baseline; each
+#: kind also has its own line style and marker, so curves stay apart in grayscale.
+BUILTIN_KINDS: tuple[NormKind, ...] = (
+    NormKind("batch", "BatchNorm", "one channel over N and the spatial dims", per_channel=True,
+             color="#0072B2", linestyle="-", marker="o"),  # Okabe-Ito blue
+    NormKind("layer", "LayerNorm", "one sample/token over its normalized dims",
+             color="#D55E00", linestyle="--", marker="s"),  # vermillion
+    NormKind("instance", "InstanceNorm", "one (sample, channel) over the spatial dims", per_channel=True,
+             color="#009E73", linestyle="-.", marker="^"),  # bluish green
+    NormKind("group", "GroupNorm", "one (sample, group of C/G channels) over those channels and the spatial dims",
+             color="#CC79A7", linestyle=":", marker="D"),  # reddish purple
+    NormKind("rms", "RMSNorm", "one sample/token, RMS only (no mean subtracted)",
+             color="#E69F00", linestyle=(0, (3, 1, 1, 1, 1, 1)), marker="v"),  # orange; dash-dot-dot
+    NormKind("none", "no norm", "no groups: nothing is normalized (the baseline)",
+             color="#000000", linestyle=(0, (8, 3)), marker="x"),  # black; long dashes, unlike "--"
+)
+
+#: The built-in kinds' names, in order.
+KINDS: tuple[str, ...] = tuple(kind.name for kind in BUILTIN_KINDS)
+
+
+@hookimpl
+def normviz_register_norm_kinds(register: Register[NormKind]) -> None:
+    """Register the built-in kinds."""
+    for kind in BUILTIN_KINDS:
+        register(kind)
 
 
 @hookimpl(trylast=True)

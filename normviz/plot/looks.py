@@ -15,7 +15,9 @@ import numpy as np
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.lines import Line2D
 
+from normviz.default_plugins.norm_kinds import BUILTIN_KINDS
 from normviz.plot.palette import (
+    registered,
     kind_color,
     kind_linestyle,
     kind_marker,
@@ -39,22 +41,18 @@ __all__ = [
 #: Colour of non-finite markers (a red outside the Okabe–Ito kind colours).
 NONFINITE_COLOR = "#E8000B"
 
-#: Readable names of the built-in kinds, for titles.
-KIND_NAMES: dict[str, str] = {
-    "batch": "BatchNorm",
-    "layer": "LayerNorm",
-    "instance": "InstanceNorm",
-    "group": "GroupNorm",
-    "rms": "RMSNorm",
-    "none": "no norm",
-    "mixed": "mixed norms",
-}
+#: Readable names of the built-in kinds (their descriptors' labels), and of a run of several.
+KIND_NAMES: dict[str, str] = {k.name: k.label for k in BUILTIN_KINDS} | {"mixed": "mixed norms"}
 
 
 def kind_name(kind: str | None) -> str:
-    """``"batch"`` → ``"BatchNorm"``; unknown kinds are returned as given."""
+    """``"batch"`` → ``"BatchNorm"``: the label a kind's descriptor gives; a kind nothing
+    registers is returned as given."""
     key = "none" if kind is None else str(kind)
-    return KIND_NAMES.get(key, key)
+    if key in KIND_NAMES:
+        return KIND_NAMES[key]
+    found = registered(key)
+    return found.label if found is not None else key
 
 
 def sort_runs(runs: Sequence[Any]) -> list[Any]:

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+
+from normviz.default_plugins.norm_kinds import BUILTIN_KINDS
+
+if TYPE_CHECKING:
+    from normviz.datatypes import NormKind
 
 __all__ = [
     "CYCLE",
@@ -35,6 +40,7 @@ __all__ = [
     "kind_marker",
     "kind_sort_key",
     "label_colors",
+    "registered",
     "sort_kinds",
 ]
 
@@ -55,19 +61,14 @@ OKABE_ITO: dict[str, str] = {
 }
 
 #: The built-in norm kinds, in the order figures list them; ``none`` (the
-#: baseline without normalization) comes last.
-KIND_ORDER: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms", "none")
+#: baseline without normalization) comes last. Their descriptors
+#: (:data:`normviz.default_plugins.norm_kinds.BUILTIN_KINDS`) are the one place
+#: their colours, line styles and markers are written down; the tables here are
+#: views of them.
+KIND_ORDER: tuple[str, ...] = tuple(k.name for k in BUILTIN_KINDS)
 
-#: One colour per built-in kind. The darkest, most saturated colours go to the
-#: kinds compared most often; ``none`` is the black baseline.
-KIND_COLORS: dict[str, str] = {
-    "batch": OKABE_ITO["blue"],
-    "layer": OKABE_ITO["vermillion"],
-    "instance": OKABE_ITO["bluish_green"],
-    "group": OKABE_ITO["reddish_purple"],
-    "rms": OKABE_ITO["orange"],
-    "none": OKABE_ITO["black"],
-}
+#: One colour per built-in kind.
+KIND_COLORS: dict[str, str] = {k.name: str(k.color) for k in BUILTIN_KINDS}
 
 #: matplotlib's default colour cycle in normviz styles: the kind colours in
 #: kind order, then the rest of the palette. The ``.mplstyle`` files repeat
@@ -94,14 +95,7 @@ FALLBACK_COLORS: tuple[str, ...] = (OKABE_ITO["sky_blue"], "#999999")
 LABEL_COLORS: tuple[str, ...] = tuple(c for c in CYCLE if c != OKABE_ITO["yellow"])
 
 #: One line style per built-in kind, so curves stay apart in grayscale.
-KIND_LINESTYLES: dict[str, LineStyle] = {
-    "batch": "-",
-    "layer": "--",
-    "instance": "-.",
-    "group": ":",
-    "rms": (0, (3, 1, 1, 1, 1, 1)),  # dash-dot-dot
-    "none": (0, (8, 3)),  # long dashes, unlike "--"
-}
+KIND_LINESTYLES: dict[str, LineStyle] = {k.name: k.linestyle for k in BUILTIN_KINDS}
 
 _FALLBACK_LINESTYLES: tuple[LineStyle, ...] = (
     (0, (1, 1)),  # dense dots
@@ -113,16 +107,11 @@ _FALLBACK_LINESTYLES: tuple[LineStyle, ...] = (
 )
 
 #: One marker per built-in kind.
-KIND_MARKERS: dict[str, str] = {
-    "batch": "o",
-    "layer": "s",
-    "instance": "^",
-    "group": "D",
-    "rms": "v",
-    "none": "x",
-}
+KIND_MARKERS: dict[str, str] = {k.name: str(k.marker) for k in BUILTIN_KINDS}
 
 _FALLBACK_MARKERS: tuple[str, ...] = ("P", "X", "*", "h", "<", ">")
+
+_BUILTIN: dict[str, NormKind] = {k.name: k for k in BUILTIN_KINDS}
 
 
 def _normalize(kind: str | None) -> str:
@@ -139,28 +128,46 @@ def _stable_hash(name: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+def registered(kind: str | None) -> NormKind | None:
+    """The descriptor a plugin (or normviz) registered for ``kind``, if any.
+
+    The built-in kinds are answered without building a plugin host; another name is
+    looked up among the kinds the installed plugins register
+    (:func:`normviz.plugins.registered_norm_kinds`).
+    """
+    name = _normalize(kind)
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    from normviz.plugins import registered_norm_kinds
+
+    return registered_norm_kinds().get(name)
+
+
 def kind_color(kind: str | None) -> str:
     """Colour of a norm kind, as ``"#RRGGBB"``.
 
-    Built-in kinds use :data:`KIND_COLORS`; any other name is hashed into
-    :data:`FALLBACK_COLORS`, so it always gets the same colour. ``None`` is
-    treated as ``"none"``.
+    The colour its descriptor gives (:data:`KIND_COLORS` for the built-in kinds); any
+    other name is hashed into :data:`FALLBACK_COLORS`, so it always gets the same
+    colour. ``None`` is treated as ``"none"``.
     """
     name = _normalize(kind)
-    if name in KIND_COLORS:
-        return KIND_COLORS[name]
+    found = registered(name)
+    if found is not None and found.color:
+        return found.color
     return FALLBACK_COLORS[_stable_hash(name) % len(FALLBACK_COLORS)]
 
 
 def kind_linestyle(kind: str | None) -> LineStyle:
     """Line style of a norm kind, usable as ``Line2D(linestyle=...)``.
 
-    Built-in kinds use :data:`KIND_LINESTYLES`; others get a stable hashed
+    The one its descriptor gives (:data:`KIND_LINESTYLES` for the built-in
+    kinds); others get a stable hashed
     choice among dash patterns no built-in kind uses.
     """
     name = _normalize(kind)
-    if name in KIND_LINESTYLES:
-        return KIND_LINESTYLES[name]
+    found = registered(name)
+    if found is not None and found.linestyle is not None:
+        return found.linestyle  # type: ignore[no-any-return]
     # Different bits of the hash than kind_color, so two unknown kinds that
     # share a colour are unlikely to share a line style too.
     return _FALLBACK_LINESTYLES[(_stable_hash(name) >> 16) % len(_FALLBACK_LINESTYLES)]
@@ -169,12 +176,14 @@ def kind_linestyle(kind: str | None) -> LineStyle:
 def kind_marker(kind: str | None) -> str:
     """Marker of a norm kind, usable as ``Line2D(marker=...)``.
 
-    Built-in kinds use :data:`KIND_MARKERS`; others get a stable hashed choice
+    The one its descriptor gives (:data:`KIND_MARKERS` for the built-in kinds);
+    others get a stable hashed choice
     among markers no built-in kind uses.
     """
     name = _normalize(kind)
-    if name in KIND_MARKERS:
-        return KIND_MARKERS[name]
+    found = registered(name)
+    if found is not None and found.marker:
+        return found.marker
     return _FALLBACK_MARKERS[(_stable_hash(name) >> 32) % len(_FALLBACK_MARKERS)]
 
 

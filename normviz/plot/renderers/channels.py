@@ -52,13 +52,18 @@ from matplotlib.lines import Line2D
 from normviz import analysis
 from normviz.errors import MissingDataError
 from normviz.plot import common
+from normviz.plot.palette import registered
 
 BN_CHANNELS = 3
-#: Kinds whose normalization groups lie within one channel: their output group
-#: means and scales are the channels' β and |γ|.
-PER_CHANNEL_KINDS = ("batch", "instance")
 #: Labelled x ticks of a channel panel.
 CHANNEL_TICKS = 6
+
+
+def per_channel(kind: str | None) -> bool:
+    """Whether the kind's normalization groups lie within one channel (its descriptor says):
+    its output group means and scales are then the channels' β and |γ|."""
+    found = registered(kind)
+    return found is not None and found.per_channel
 
 
 def _plan(runs: list[Any], layers: str | None, max_layers: int) -> list[tuple[Any, str]]:
@@ -136,7 +141,7 @@ def _affine_reference(ax: Any, run: Any, layer: str, stat: str, row: int, x: flo
     Only for kinds whose groups lie within one channel; γ, β as the forward pass
     of ``row`` used them (recorded one row earlier, after that update).
     """
-    if {lay.name: lay.kind for lay in run.layers}.get(layer) not in PER_CHANNEL_KINDS:
+    if not per_channel({lay.name: lay.kind for lay in run.layers}.get(layer)):
         return []
     used = analysis.forward_row(run.steps, row)
     name = "bias" if stat == "group_mean" else "weight"
@@ -356,7 +361,7 @@ def draw(
         labels += ["groups in", "groups out (after γ/β)"]
         handles += [Line2D([], [], color="0.6", linewidth=0.6, linestyle="--")]
         labels += ["0 / 1 (before γ/β)"]
-        if any({lay.name: lay.kind for lay in run.layers}.get(layer) in PER_CHANNEL_KINDS for run, layer, _ in groups):
+        if any(per_channel({lay.name: lay.kind for lay in run.layers}.get(layer)) for run, layer, _ in groups):
             handles += [Line2D([], [], color="black", marker="_", linestyle="none", markersize=6)]
             labels += ["expected: β / |γ|"]
     if bn:

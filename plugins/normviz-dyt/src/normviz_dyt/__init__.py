@@ -11,14 +11,15 @@ to the contract (:mod:`normviz.hookspecs`):
   recorded on DyT layers only;
 - :func:`normviz_register_renderers` adds the figure ``dyt``.
 
-``NORM_KINDS`` lists the kind for ``normviz plugins``.
+- :func:`normviz_register_norm_kinds` describes the kind ``dyt`` (its label and
+  its groups: none, DyT normalizes nothing), for figures and ``normviz plugins``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from normviz import hookimpl
+from normviz import NormKind, hookimpl
 
 from normviz_dyt.module import DyT, convert_layernorms
 from normviz_dyt.render import RENDERER
@@ -34,25 +35,32 @@ __version__ = "0.1.0"
 __all__ = [
     "DyT",
     "KIND",
-    "NORM_KINDS",
+    "NORM_KIND",
     "RENDERER",
     "SATURATION_THRESHOLD",
     "STATISTICS",
     "__version__",
     "convert_layernorms",
     "normviz_classify_module",
+    "normviz_register_norm_kinds",
     "normviz_register_renderers",
     "normviz_register_statistics",
 ]
 
-#: Norm kinds this plugin adds (shown by ``normviz plugins``).
-NORM_KINDS: tuple[str, ...] = (KIND,)
+#: The norm kind this plugin adds, as figures and ``normviz plugins`` show it.
+NORM_KIND = NormKind(KIND, "DyT", "no groups: an element-wise tanh(αx) with a learned α, no statistics")
 
 
 @hookimpl
 def normviz_classify_module(name: str, module: nn.Module) -> NormSpec | None:
     """Claim DyT layers as kind ``dyt``; pass on everything else."""
     return classify(name, module)
+
+
+@hookimpl
+def normviz_register_norm_kinds(register: Register[NormKind]) -> None:
+    """Register the kind ``dyt``."""
+    register(NORM_KIND)
 
 
 @hookimpl
