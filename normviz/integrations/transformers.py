@@ -77,11 +77,7 @@ class _LossHook:
         if loss is None and isinstance(output, dict):
             loss = output.get("loss")
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            cb = self.callback
-            loss = loss.detach().reshape(())
-            cb._loss_sum = loss if cb._loss_sum is None else cb._loss_sum + loss
-            cb._loss_count += 1
-            cb._loss_summed = kwargs.get("num_items_in_batch") is not None
+            self.callback.add_loss(loss.detach().reshape(()), summed=kwargs.get("num_items_in_batch") is not None)
         return None
 
 
@@ -108,6 +104,13 @@ class NormvizCallback(TrainerCallback):
         self._loss_count = 0
         self._loss_summed = False
         self._loss_handle: Any = None
+
+    def add_loss(self, loss: torch.Tensor, *, summed: bool) -> None:
+        """One micro-batch's loss (a detached 0-d tensor, never read here); ``summed``: the model
+        returned a sum over the step's tokens (the Trainer passed ``num_items_in_batch``)."""
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._loss_count += 1
+        self._loss_summed = summed
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.recorder is not None or model is None:

@@ -162,7 +162,7 @@ def _affine_reference(ax: Any, run: Any, layer: str, stat: str, row: int, x: flo
 
 def _not_recorded(exc: MissingDataError, stat: str) -> bool:
     """The run lacks *stat* altogether (as opposed to this site lacking it)."""
-    return stat in str(exc) and "not recorded in this run" in str(exc)
+    return exc.run_lacks(stat)
 
 
 def _has_groups(run: Any, layer: str, rows: Sequence[int]) -> bool:

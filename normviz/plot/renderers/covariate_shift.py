@@ -58,8 +58,8 @@ def _band(ax: Any, run: Any, look: Any, layer: str, role: str, rows: slice, max_
     try:
         values = run.stat("percentiles", layer, role, steps=rows)
     except MissingDataError as exc:
-        if "percentiles" in str(exc):
-            raise
+        if exc.statistic == "percentiles":
+            raise  # the run lacks them: the figure cannot be drawn
         return False  # this run has no such layer
     band = analysis.percentile_band(values, run.layout.percentile_levels, *BAND_LEVELS)
     x = np.asarray(run.steps[rows], dtype=np.float64)
