@@ -191,3 +191,19 @@ def test_the_walker_sees_function_level_imports_and_skips_type_checking(tmp_path
     finally:
         PACKAGE = saved
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_every_declared_dependency_is_imported():
+    """A dependency nothing imports is not a dependency (seaborn once was one)."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project["dependencies"]}
+    imported: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0].lower() for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0].lower())
+    assert declared - imported == set(), f"declared but never imported: {sorted(declared - imported)}"

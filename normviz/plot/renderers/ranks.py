@@ -10,9 +10,11 @@ the batch. This figure draws, for the BatchNorm layers of multi-rank runs
    ranks. A SyncBatchNorm layer normalizes with the pooled statistics, so its
    line lies at 0; the rank-local statistics of its input — what BatchNorm
    would have used on the same data — are drawn dotted beside it;
-2. that distance (averaged over steps and layers) against the values each
-   channel statistic averages over on one rank (numel / channels: the per-rank
-   batch size times the spatial size), with the value expected for
+2. that distance for each layer, its mean over training with its spread over
+   the recorded steps (± 1 sd; drawn by seaborn from a tidy frame of the steps;
+   hollow: a SyncBatchNorm layer's rank-local statistics), against the values
+   each channel statistic averages over on one rank (numel / channels: the
+   per-rank batch size times the spatial size), with the value expected for
    independent values, sqrt(2 (W − 1) / (π W n)), dashed: real activations are
    correlated within a sample, so small per-rank batches are worse than n says;
 3. a check measured from the module state: how much the ranks' running means
@@ -27,9 +29,12 @@ raises :class:`~normviz.errors.MissingDataError`.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -51,6 +56,26 @@ def _floor(ax: Any) -> None:
 def _bn_layers(run: MergedRun, layers: str | None) -> list[str]:
     names = [lay.name for lay in run.layers if lay.kind == "batch"]
     return analysis.select_names(names, layers)
+
+
+def _spread_frame(merged: list[Any], spreads: list[list[RankSpread]], shown: list[str]) -> pd.DataFrame:
+    """Tidy rows (run, layer, n = values per channel per rank, one recorded step's spread
+    |m_r − m| / σ averaged over ranks, and whether it is the rank-local one of a SyncBatchNorm
+    layer) of the layers shown."""
+    rows = []
+    for run, sp in zip(merged, spreads):
+        for s in sp:
+            if s.layer not in shown:
+                continue
+            n = float(np.nanmean(s.values_per_channel))
+            series = [(False, s.used_mean)] + ([(True, s.input_mean)] if s.synced else [])
+            for local, values in series:
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a step with no value on any rank
+                    per_step = np.nanmean(values, axis=1)
+                rows += [{"run": run.label, "layer": s.layer, "n": n, "spread": float(v), "local": local}
+                         for v in per_step if np.isfinite(v)]
+    return pd.DataFrame(rows, columns=["run", "layer", "n", "spread", "local"])
 
 
 def draw(
@@ -117,21 +142,27 @@ def draw(
                 common.step_axis(ax)
             else:
                 ax.tick_params(labelbottom=False)
-    # Spread against the values per channel per rank.
+    # Spread against the values per channel per rank: each layer's mean over training, with
+    # its spread over the recorded steps (± 1 sd), drawn by seaborn from a tidy frame.
     ax = fig.add_subplot(grid[-1, 0])
-    ns = []
-    for run, look, sp in zip(merged, looks, spreads):
-        for s in sp:
-            if s.layer not in shown:
-                continue
-            n = float(np.nanmean(s.values_per_channel))
-            y = float(np.nanmean(s.used_mean))
-            ns.append(n)
-            ax.plot([n], [y], linestyle="none", marker=look.marker, markersize=4, color=look.color,
-                    gid=f"size:{run.label}:{s.layer}")
-            if s.synced:
-                ax.plot([n], [float(np.nanmean(s.input_mean))], linestyle="none", marker=look.marker,
-                        markersize=4, markerfacecolor="none", color=look.color, gid=f"size-local:{run.label}:{s.layer}")
+    frame = _spread_frame(merged, spreads, shown)
+    ns = sorted(set(frame["n"])) if len(frame) else []
+    for local in (False, True):
+        part = frame[frame["local"] == local]
+        if not len(part):
+            continue
+        before = set(ax.get_lines())
+        sns.lineplot(
+            data=part, x="n", y="spread", hue="run", style="run", ax=ax, estimator="mean", errorbar="sd",
+            err_style="bars", err_kws={"elinewidth": 0.6, "capsize": 0}, linestyle="", markersize=4,
+            palette={run.label: look.color for run, look in zip(merged, looks)},
+            markers={run.label: look.marker for run, look in zip(merged, looks)}, dashes=False, legend=False,
+        )
+        for line in set(ax.get_lines()) - before:
+            line.set_gid("size-local" if local else "size")
+            line.set_markeredgecolor(line.get_color())
+            if local:  # hollow: what a SyncBatchNorm layer's ranks would have normalized with alone
+                line.set_markerfacecolor("none")
     world = max(r.world_size for r in merged)
     if ns:
         grid_n = np.geomspace(min(ns) / 1.5, max(ns) * 1.5, 50)
