@@ -148,7 +148,6 @@ def time_steps(step: Callable[[], None], n: int, device: torch.device) -> float:
 
 def bench(name: str, device: torch.device, quick: bool, rounds: int, steps: int, folder: Path) -> dict[str, object]:
     model, loss_fn, opt = make_case(name, device, quick)
-    recorders: dict[str, normviz.Recorder | None] = {"bare": None}
     state = {"rec": None}
 
     def step() -> None:

@@ -21,7 +21,6 @@ from normviz.errors import NormvizError
 from normviz.folders import FIGURES_DIR, RUNS_DIR, collect_runs, new_run_folder, run_args, writable
 
 
-
 class _Failed(Exception):
     """The work ran but part of it failed: exit 1 after everything else was done."""
 
@@ -120,7 +119,8 @@ def record(
     known_kinds = {k for n in names for k in EXPERIMENTS[n].kinds}
     for kind in kinds or []:
         if kind not in known_kinds:
-            raise NormvizError(f"unknown norm kind {kind!r} (--norm) for {', '.join(names)}; known: {', '.join(sorted(known_kinds))}")
+            raise NormvizError(f"unknown norm kind {kind!r} (--norm) for {', '.join(names)}; "
+                               f"known: {', '.join(sorted(known_kinds))}")
     if device == "cuda":
         import torch
 
@@ -279,7 +279,7 @@ def plot(
     # Every renderer that drew nothing says why, asked for by name or not.
     for renderer, message in report.skipped.items():
         click.echo(f"normviz: skipped renderer {renderer!r}: {message}", err=True)
-    for renderer, message in report.failures.items():
+    for message in report.failures.values():
         click.echo(f"normviz: {message}", err=True)
     if report.failures:
         n = len(report.failures)

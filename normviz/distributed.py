@@ -79,7 +79,9 @@ def split_rank(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
     return p.with_name(stem[: m.start()] + p.suffix), int(m.group(1))
 
 
-def shared_extrema(path: str | os.PathLike[str], lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_extrema(
+    path: str | os.PathLike[str], lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's (min, max) per site, reduced over the ranks, so that all the rank files of
     a run fix the same histogram edges and their histograms can be summed when merged.
 

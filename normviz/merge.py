@@ -89,7 +89,7 @@ def merge_ranks(runs: Sequence[Any]) -> list[Any]:
             warnings.warn(f"{members[0].path}: ranks {sorted(ranks)} of one run appear twice; not merged", stacklevel=2)
             out.append(run)
             continue
-        if key in done:
+        if key is None or key in done:
             continue
         done.add(key)
         out.append(MergedRun(members))
@@ -114,7 +114,8 @@ class MergedRun(RunMetadata):
         keys = [[s.key for s in r.sites] for r in self.ranks]
         for r, k in zip(self.ranks[1:], keys[1:]):
             if k != keys[0]:
-                raise RunFileError(f"{r.path}: its recorded layers differ from {first.path}'s; cannot merge these ranks")
+                raise RunFileError(
+                    f"{r.path}: its recorded layers differ from {first.path}'s; cannot merge these ranks")
         base, rank = split_rank(first.path)
         self.path = Path(base) if rank is not None else Path(first.path)
         self.meta = dict(first.meta)

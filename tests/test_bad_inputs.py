@@ -84,7 +84,7 @@ def test_every_bad_file_gives_one_line_and_exit_2(command, good_run, tmp_path):
 
 
 def test_reader_raises_run_file_error_for_each_bad_file(good_run, tmp_path):
-    for what, path in _bad_files(tmp_path, good_run).items():
+    for path in _bad_files(tmp_path, good_run).values():
         with pytest.raises(RunFileError, match=path.name):
             normviz.open(path)
     with pytest.raises(RunFileError, match="no such file"):

@@ -127,11 +127,10 @@ def test_python_dash_m_and_version():
 def one_run(tmp_path_factory):
     """A three-step run of a LayerNorm MLP, and an empty run (its model ran, no step was closed)."""
     import torch
+    from conftest import train
     from torch import nn
 
     import normviz
-
-    from conftest import train
 
     folder = tmp_path_factory.mktemp("one")
     torch.manual_seed(0)

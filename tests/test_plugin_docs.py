@@ -192,8 +192,8 @@ def test_public_import_paths_exist(example: dict) -> None:
 
 
 def test_plugin_api_imports_from_normviz_without_torch_or_matplotlib() -> None:
-    from normviz import NormSpec, Renderer, Site, Statistic, hookimpl  # noqa: F401
     import normviz
+    from normviz import NormSpec, Renderer, Site, Statistic, hookimpl  # noqa: F401
 
     assert {"Renderer", "Statistic", "NormSpec", "Site", "hookimpl"} <= set(normviz.__all__)
     script = textwrap.dedent(

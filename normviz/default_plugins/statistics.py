@@ -12,7 +12,7 @@ functions that compute import it; the levels and sizes come from
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from normviz.datatypes import Register, Site, Statistic
 from normviz.hookspecs import hookimpl
@@ -42,12 +42,12 @@ def _levels(ctx: S.SiteTensor, levels: tuple[float, ...]) -> torch.Tensor:
         import torch
 
         ctx.state[key] = torch.tensor(levels, dtype=torch.float32, device=ctx.x.device)
-    return ctx.state[key]
+    return ctx.state[key]  # type: ignore[return-value]  # the state holds what was put there
 
 
 def _select(ctx: S.SiteTensor, values: torch.Tensor) -> torch.Tensor:
     index = ctx.state.get("channel_index")
-    return values if index is None else values.index_select(0, index)
+    return values if index is None else values.index_select(0, index)  # type: ignore[arg-type]
 
 
 def _channel_mean(ctx: S.SiteTensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ def _group_summary(ctx: S.SiteTensor, which: int) -> torch.Tensor:
 def _hist(ctx: S.SiteTensor) -> torch.Tensor:
     from normviz.record import stats as S
 
-    edges = ctx.state.get("edges")
+    edges: Any = ctx.state.get("edges")  # the site's edges, fixed at its first recorded step
     if edges is None:
         lo, hi = _extrema(ctx)
         edges = ctx.state["edges"] = S.first_edges(lo.float(), hi.float(), HIST_BINS)
@@ -124,7 +124,7 @@ def _channel_percentiles(ctx: S.SiteTensor) -> torch.Tensor:
     from normviz.record import stats as S
 
     rows = ctx.as_channels()
-    index = ctx.state.get("channel_index")
+    index: Any = ctx.state.get("channel_index")
     if index is not None:
         rows = rows.index_select(0, index)
     k = min(rows.shape[1], 1024)
@@ -165,7 +165,8 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             "hist",
             _hist,
             lambda s: HIST_BINS + 2,
-            f"histogram of the sample: underflow, {HIST_BINS} bins between edges fixed at the first recorded step, overflow",
+            f"histogram of the sample: underflow, {HIST_BINS} bins between edges fixed at the first recorded step, "
+            "overflow",
             dtype="uint16",  # counts of a 4096-value sample: 16 bits are enough, and halve the largest dataset
             fused=True,
         ),

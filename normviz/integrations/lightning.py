@@ -53,7 +53,7 @@ try:  # the unified package first, then the standalone one
 except ImportError:  # pragma: no cover - depends on what is installed
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
-        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
+        from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]
     except ImportError as exc:  # pragma: no cover
         raise ImportError(
             "normviz.integrations.lightning needs PyTorch Lightning: pip install 'normviz[lightning]'"
@@ -105,7 +105,9 @@ class NormvizCallback(Callback):
         self._last_global_step = int(trainer.global_step)
         self._loss_sum = None
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         rec = self.recorder
         if rec is not None and not rec.closed:
             # One training_step is one forward pass, even when it calls submodules directly

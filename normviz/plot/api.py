@@ -354,7 +354,7 @@ def drew_data(fig: Figure) -> bool:
                 values = np.ma.masked_invalid(np.ma.asarray(coll.get_array(), dtype=np.float64))
                 if values.count():
                     return True
-            elif isinstance(coll, Collection) and (len(coll.get_paths()) or len(coll.get_offsets())):
+            elif isinstance(coll, Collection) and (len(coll.get_paths()) or np.asarray(coll.get_offsets()).size):
                 return True
         if ax.images or any(isinstance(p, Rectangle) and p.get_height() for p in ax.patches):
             return True

@@ -17,12 +17,12 @@ from matplotlib.lines import Line2D
 
 from normviz.default_plugins.norm_kinds import BUILTIN_KINDS
 from normviz.plot.palette import (
-    registered,
     kind_color,
     kind_linestyle,
     kind_marker,
     kind_sort_key,
     label_colors,
+    registered,
 )
 
 __all__ = [

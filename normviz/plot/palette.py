@@ -167,7 +167,7 @@ def kind_linestyle(kind: str | None) -> LineStyle:
     name = _normalize(kind)
     found = registered(name)
     if found is not None and found.linestyle is not None:
-        return found.linestyle  # type: ignore[no-any-return]
+        return found.linestyle
     # Different bits of the hash than kind_color, so two unknown kinds that
     # share a colour are unlikely to share a line style too.
     return _FALLBACK_LINESTYLES[(_stable_hash(name) >> 16) % len(_FALLBACK_LINESTYLES)]

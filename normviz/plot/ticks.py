@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from matplotlib.axis import Axis
+from matplotlib.axis import Axis, XAxis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, Formatter, LogLocator, MaxNLocator, NullFormatter
 
@@ -37,7 +37,7 @@ def declutter(fig: Figure, *, gap_pt: float = TICK_GAP_PT) -> None:
     alone (their renderer chose the rotation to make them fit).
     """
     fig.draw_without_rendering()
-    renderer = fig._get_renderer()
+    renderer = fig._get_renderer()  # type: ignore[attr-defined]  # the renderer draw_without_rendering used
     gap = gap_pt * fig.dpi / 72.0
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
@@ -49,9 +49,9 @@ def declutter(fig: Figure, *, gap_pt: float = TICK_GAP_PT) -> None:
 def _labels(axis: Axis, renderer: Any, minor: bool) -> list[tuple[float, float, float, Any]]:
     """(start, end, position, tick) along the axis of each drawn label, by position."""
     ticks = axis.get_minor_ticks() if minor else axis.get_major_ticks()
-    drawn = set(map(id, axis._update_ticks()))
+    drawn = set(map(id, axis._update_ticks()))  # type: ignore[attr-defined]  # the ticks a draw shows
     out = []
-    horizontal = axis.axis_name == "x"
+    horizontal = isinstance(axis, XAxis)
     for tick in ticks:
         label = tick.label1
         if id(tick) not in drawn or not label.get_visible() or not label.get_text().strip():
@@ -108,14 +108,14 @@ def _thin(axis: Axis, renderer: Any, gap: float) -> bool:
         else:
             # A log axis spanning less than a decade is labelled at its minor ticks only:
             # keep about half of them (the ends among them) rather than none.
-            keep = [tick.get_loc() for i, (*_, tick) in enumerate(minor) if i in _evenly(len(minor), len(minor) // 2)]
-            if len(keep) + len(major) < 2 or len(keep) == len(minor):
+            kept = [tick.get_loc() for i, (*_, tick) in enumerate(minor) if i in _evenly(len(minor), len(minor) // 2)]
+            if len(kept) + len(major) < 2 or len(kept) == len(minor):
                 return False
-            axis.set_minor_formatter(_Only(axis.get_minor_formatter(), keep))
+            axis.set_minor_formatter(_Only(axis.get_minor_formatter(), kept))
         return True
     if len(major) < 2:
         return False
-    locator = axis.get_major_locator()
+    locator: Any = axis.get_major_locator()  # matplotlib's own attributes are read below
     keep = max(1, (len(major) + 1) // 2)
     if isinstance(locator, FixedLocator):
         # A renderer's own ticks: about half of them, evenly spaced, the first and last kept.
@@ -125,7 +125,7 @@ def _thin(axis: Axis, renderer: Any, gap: float) -> bool:
         return True
     if isinstance(locator, MaxNLocator):
         nbins = max(1, keep - 1)
-        if nbins == locator._nbins:
+        if nbins == getattr(locator, "_nbins", None):  # matplotlib keeps it private
             return False  # as few as it gets
         locator.set_params(nbins=nbins)
         return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -92,12 +93,15 @@ def borrow(module: torch.nn.Module, x: torch.Tensor, output: torch.Tensor, gen: 
     ):
         return None
     try:
-        saved = grad_fn._saved_input
+        # What the norm's backward node saved: its input, and its batch mean and 1/std
+        # (autograd's generated attributes, which type stubs do not list).
+        node_: Any = grad_fn
+        saved = node_._saved_input
         if saved.data_ptr() != x.data_ptr() or saved.shape != x.shape:
             return None
-        if node == "NativeBatchNormBackward0" and not grad_fn._saved_training:
+        if node == "NativeBatchNormBackward0" and not node_._saved_training:
             return None
-        mean, rstd = grad_fn._saved_result1.float(), grad_fn._saved_result2.float()
+        mean, rstd = node_._saved_result1.float(), node_._saved_result2.float()
     except (AttributeError, RuntimeError, TypeError):
         return None
     var = (rstd.reciprocal().square() - float(module.eps)).clamp_min(0.0)  # type: ignore[arg-type]

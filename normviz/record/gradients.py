@@ -11,17 +11,16 @@ gradients are read when ``Recorder.step()`` is called instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-
 _DOT_MIN = 1 << 14  # from this size on, a BLAS dot beats _foreach_norm on CPU (~1.5x)
 
 
-def _sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _sq_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-tensor squared L2 norms, float32: a dot product for large contiguous float32
     tensors, one ``_foreach_norm`` for the others."""
     out: list[torch.Tensor | None] = [None] * len(tensors)
@@ -33,6 +32,7 @@ def _sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
         else:
             small.append(i)
     if small:
+        squares: Sequence[torch.Tensor]
         try:
             norms = torch._foreach_norm([tensors[i] for i in small], 2.0, dtype=torch.float32)
             squares = torch._foreach_mul(norms, norms)
@@ -43,7 +43,7 @@ def _sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-def _abs_sum_max(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _abs_sum_max(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor sum and max of absolute values, float32 (one abs pass, two reductions each)."""
     sums, maxes = [], []
     for t in tensors:
@@ -69,7 +69,7 @@ class GradientTracker:
         now running is recorded (its gradients are read at its optimizer step)."""
         self._is_armed = is_armed
         self._names: list[str] = []
-        self._params: list[nn.Parameter] = []
+        self._params: list[torch.Tensor] = []  # the trainable parameters of the recorded layers
         owner: list[int] = []
         for name, module in layers:
             params = [p for p in module.parameters(recurse=False) if p.requires_grad]
@@ -92,7 +92,8 @@ class GradientTracker:
         self._closure = False
         self._weight_norm: torch.Tensor | None = None
         self.last_lr: Any = None
-        self._present_cache: dict[tuple[tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._present_cache: dict[tuple[tuple[int, ...], torch.device],
+                                  tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def n_layers(self) -> int:
@@ -225,7 +226,7 @@ class GradientTracker:
             self._result = {"weight_norm": self._weight_norm}
             if not present:
                 return
-            grads = [self._params[i].grad for i in present]
+            grads = [g for g in (self._params[i].grad for i in present) if g is not None]
             sub_owner, have, count = self._present_index(tuple(present), device)
             l2 = _sq_norms(grads)
             l1, linf = _abs_sum_max(grads)

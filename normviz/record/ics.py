@@ -178,7 +178,7 @@ def gradient_ics(
             restore_state()
             stepped = []
             with torch.no_grad():
-                for (name, p), g, p0 in zip(named, grads, saved_params):
+                for (name, _), g, p0 in zip(named, grads, saved_params):
                     stepped.append(p0 if g is None else update(name, p0, g.detach()))
             base = {id(p): g for p, g in zip(all_params, grads)}
             for layer in sorted(targets, key=lambda name: first[name]):

@@ -21,7 +21,7 @@ import fnmatch
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -209,7 +209,8 @@ class Observer:
         out: dict[str, Any] = self.results.setdefault(key, {})
         if derive_from is not None and base is None and type(module) in PLAIN_BATCHNORMS:
             obs = core.derive_batchnorm_output(
-                x, derive_from, getattr(module, "weight", None), getattr(module, "bias", None), module.eps, gen
+                x, derive_from, getattr(module, "weight", None), getattr(module, "bias", None),
+                cast(float, module.eps), gen
             )
         elif derive_from is not None and base is None and derive_from.inst is not None:
             obs = core.derive_groupnorm_output(x, derive_from, module, gen)  # type: ignore[arg-type]

@@ -273,8 +273,9 @@ class RowPacker:
         plan = self._module_plans.get(st.name)
         if plan is None:
             plan = self._module_plans[st.name] = ModulePlan.build(tensors, st.offsets)
-        if plan.fits(tensors):
-            flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]  # type: ignore[arg-type]
+        if plan.fits(tensors):  # every tensor is there (not None) and as at the first step
+            present = [t for t in tensors if t is not None]
+            flat = torch.cat(present) if len(present) > 1 else present[0]
             flat = flat.float() if flat.dtype != torch.float32 else flat
             return flat.index_select(0, plan.gather) if plan.gather is not None else flat.clone()
         parts = []

@@ -219,7 +219,7 @@ class ScriptRecorder:
             register_module_forward_hook(self._post, always_call=True),
             register_optimizer_step_post_hook(self._after_step),
         ]
-        torch.Tensor.backward = backward  # type: ignore[method-assign]
+        torch.Tensor.backward = backward  # type: ignore[method-assign,assignment]
         _ACTIVE = self
         status = 0
         try:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import torch
 
 from normviz.datatypes import NormSpec
-
 from normviz.record.sizes import GROUP_LEVELS, HIST_BINS, MAX_GROUPS, PERCENTILE_LEVELS, SAMPLE_SIZE  # noqa: F401
 
 
@@ -257,5 +256,6 @@ class SiteTensor:
         """*x* as a float32 (channels, values) matrix (a copy for channels-first layouts)."""
         if "channels" not in self._cache:
             x = self.x if self.x.dim() > 0 else self.x.reshape(1)
-            self._cache["channels"] = x.movedim(self.channel_dim % x.dim(), 0).reshape(x.shape[self.channel_dim], -1).float()
+            rows = x.movedim(self.channel_dim % x.dim(), 0).reshape(x.shape[self.channel_dim], -1)
+            self._cache["channels"] = rows.float()
         return self._cache["channels"]  # type: ignore[return-value]

@@ -211,7 +211,9 @@ class Run(RunMetadata):
         start, stop, stride = s.indices(self._n)
         return slice(start, stop, stride)
 
-    def _read(self, path: str, steps: slice | None, rows: Any, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    def _read(
+        self, path: str, steps: slice | None, rows: Any, lo: int | None = None, hi: int | None = None
+    ) -> np.ndarray:
         """Rows of columns ``lo:hi`` of one dataset; only the chunks holding them are decompressed."""
         ds = self._f[path]
         cols = slice(lo, hi)
@@ -332,23 +334,28 @@ class Run(RunMetadata):
                 continue
             data = _missing_as_nan(self._f[f"{st.group}/{st.name}"][: self._n])
             if st.group == schema.GRAD:
-                entries = sorted((e for e in self.layout.layers if e.grad_index is not None), key=lambda e: e.grad_index)
+                entries = sorted((e for e in self.layout.layers if e.grad_index is not None),
+                                 key=lambda e: e.grad_index or 0)
                 for e in entries:
-                    frames.append(self._frame(steps, e.name, e.kind, "params", 0, st.name, np.nan, data[:, e.grad_index]))
+                    frames.append(
+                        self._frame(steps, e.name, e.kind, "params", 0, st.name, np.nan, data[:, e.grad_index]))
                 continue
             levels = st.attrs.get("levels")
             for j, r in enumerate(st.rows):
                 site = self.layout.sites[r]
                 lo, hi = st.offsets[j], st.offsets[j + 1]
                 if st.width == len(st.rows):
-                    frames.append(self._frame(steps, site.layer, site.kind, site.role, site.call, st.name, np.nan, data[:, lo]))
+                    frames.append(
+                        self._frame(steps, site.layer, site.kind, site.role, site.call, st.name, np.nan, data[:, lo]))
                 elif levels is not None and hi - lo == len(levels):
                     for k, level in enumerate(levels):
                         frames.append(
-                            self._frame(steps, site.layer, site.kind, site.role, site.call, st.name, level, data[:, lo + k])
+                            self._frame(steps, site.layer, site.kind, site.role, site.call, st.name, level,
+                                        data[:, lo + k])
                         )
         if not frames:
-            return pd.DataFrame(columns=["run", "experiment", "norm_kind", "step", "layer", "kind", "role", "call", "stat", "level", "value"])
+            return pd.DataFrame(columns=["run", "experiment", "norm_kind", "step", "layer", "kind", "role", "call",
+                                         "stat", "level", "value"])
         frame = pd.concat(frames, ignore_index=True)
         frame.insert(0, "norm_kind", self.norm_kind)
         frame.insert(0, "experiment", self.experiment)
@@ -356,12 +363,12 @@ class Run(RunMetadata):
         return frame
 
     @staticmethod
-    def _frame(steps: np.ndarray, layer: str, kind: str | None, role: str, call: int, stat: str, level: float, values: np.ndarray) -> Any:
+    def _frame(steps: np.ndarray, layer: str, kind: str | None, role: str, call: int, stat: str, level: float,
+               values: np.ndarray) -> Any:
         import pandas as pd
 
-        return pd.DataFrame(
-            {"step": steps, "layer": layer, "kind": kind, "role": role, "call": call, "stat": stat, "level": level, "value": values}
-        )
+        return pd.DataFrame({"step": steps, "layer": layer, "kind": kind, "role": role, "call": call, "stat": stat,
+                             "level": level, "value": values})
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -28,8 +28,9 @@ def info_dict(run: Any) -> dict[str, Any]:
         "scalars": run.scalar_names,
         "statistics": run.statistics,
         "layers": [
-            {"name": l.name, "kind": l.kind, "module_type": l.module_type, "channels": l.channels, "calls": l.calls}
-            for l in run.layers
+            {"name": layer.name, "kind": layer.kind, "module_type": layer.module_type, "channels": layer.channels,
+             "calls": layer.calls}
+            for layer in run.layers
         ],
         "meta": {k: v for k, v in run.meta.items() if k != "model"},
     }

@@ -274,7 +274,8 @@ class RunWriter:
             create_rows(f, schema.SCALAR_STEP, None, np.int64)
             # Scalars arrive every training step, in blocks of any size: uncompressed chunks
             # are rewritten in place (512 bytes a step).
-            create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan, rows=256, compress=False)
+            create_rows(f, schema.SCALAR_VALUES, schema.SCALAR_CAPACITY, np.float64, fill=np.nan, rows=256,
+                        compress=False)
             f.create_dataset(
                 schema.SCALAR_NAMES, shape=(schema.SCALAR_CAPACITY,), dtype=f"S{schema.SCALAR_NAME_BYTES}"
             )
@@ -306,9 +307,9 @@ class RunWriter:
             blocks = self.finish([(r[2], r[3], r[4]) for r in self._rows])
             for st in layout.stats:
                 block = blocks[f"{st.group}/{st.name}"]
-                dtype = DTYPES[st.dtype]
+                dtype: Any = DTYPES[st.dtype]
                 if np.issubdtype(dtype, np.integer):
-                    missing = np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT
+                    missing = int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.unsignedinteger) else MISSING_INT
                     block = np.where(np.isnan(block), missing, block)  # a site that did not run this step
                 self._datasets[f"{st.group}/{st.name}"].append(block)
             self._datasets[schema.WALL_TIME].append(np.array([r[1] for r in self._rows], dtype=np.float64))

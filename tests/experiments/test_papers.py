@@ -238,7 +238,9 @@ def test_wu_he_fig6_no_norm_features_spread_bn_gn_do_not(wu_he):
 
 
 def test_wu_he_probes_leave_training_unchanged(tmp_path):
-    gen = lambda: torch.Generator().manual_seed(0)
+    def gen():
+        return torch.Generator().manual_seed(0)
+
     torch.manual_seed(0)
     with_probes = build_wu_he("batch", gen(), torch.device("cpu"))
     torch.manual_seed(0)

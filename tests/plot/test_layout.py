@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pytest
 import numpy as np
+import pytest
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.lines import Line2D
 

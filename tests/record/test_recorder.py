@@ -281,7 +281,7 @@ def test_hooks_are_removed_on_close_and_on_error(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with normviz.Recorder(model, tmp_path / "x.h5"):
             model(torch.randn(5, 3))
-            1 / 0
+            raise ZeroDivisionError("the training loop failed")
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == before
     from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 

@@ -85,7 +85,8 @@ __all__ = [
 #: name -> (description, norm kinds, default steps, builder, recorder statistics).
 _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict[str, list[str]]]] = {
     "label-smoothing": (
-        "plain CE vs the seed's label smoothing (eps/(K-1)) vs nn.CrossEntropyLoss(label_smoothing) (eps/K), one classifier",
+        "plain CE vs the seed's label smoothing (eps/(K-1)) vs nn.CrossEntropyLoss(label_smoothing) (eps/K), "
+        "one classifier",
         ("none",), 300, build_label_smoothing, {},
     ),
     "seed-bn-ln": (
@@ -93,7 +94,8 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
         ("batch", "layer", "none"), 100, build_seed_mlp, {},
     ),
     "ioffe-fig1": (
-        "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP +- BN, per-unit percentiles of the last sigmoid input (try --every 10)",
+        "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP +- BN, per-unit percentiles of the last sigmoid input "
+        "(try --every 10)",
         ("batch", "none"), 2000, build_ioffe, {"channel_percentiles": ["norm3"]},
     ),
     "xiong-ln": (

@@ -47,7 +47,8 @@ class SeedLabelSmoothingCE(nn.Module):
 SMOOTHING_VARIANTS: dict[str, tuple[str, Callable[[float], nn.Module]]] = {
     "ce": ("plain cross-entropy", lambda eps: nn.CrossEntropyLoss()),
     "seed": ("seed's smoothing, ε/(K−1) on wrong classes", SeedLabelSmoothingCE),
-    "torch": ("nn.CrossEntropyLoss(label_smoothing=ε), ε/K on all", lambda eps: nn.CrossEntropyLoss(label_smoothing=eps)),
+    "torch": ("nn.CrossEntropyLoss(label_smoothing=ε), ε/K on all",
+              lambda eps: nn.CrossEntropyLoss(label_smoothing=eps)),
 }
 assert tuple(SMOOTHING_VARIANTS) == SMOOTHING_COPIES, "SMOOTHING_VARIANTS and SMOOTHING_COPIES disagree"
 

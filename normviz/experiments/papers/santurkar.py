@@ -56,7 +56,8 @@ def build_santurkar_dln(
         opt.zero_grad()
         loss = loss_fn(model)
         loss.backward()
-        scalars = ics_scalars(gradient_ics(model, measured, loss_fn, sgd(lr))) if ics_every and i % ics_every == 0 else {}
+        measure = ics_every and i % ics_every == 0
+        scalars = ics_scalars(gradient_ics(model, measured, loss_fn, sgd(lr))) if measure else {}
         opt.step()
         return loss, scalars
 

@@ -83,7 +83,8 @@ def build_wu_he(
     probe_gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
-        idx = torch.cat([torch.randint(n, (batch,), generator=gen), torch.randint(n, (sum(probes),), generator=probe_gen)])
+        idx = torch.cat([torch.randint(n, (batch,), generator=gen),
+                         torch.randint(n, (sum(probes),), generator=probe_gen)])
         idx = idx.to(device)
         opt.zero_grad()
         loss = F.cross_entropy(model(x[idx]), y[idx[:batch]])

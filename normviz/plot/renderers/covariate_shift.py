@@ -135,7 +135,7 @@ def draw(
         ax = fig.add_subplot(grid[p, :], sharex=drift_axes[0] if drift_axes else None,
                              sharey=drift_axes[0] if drift_axes else None)
         drift_axes.append(ax)
-    for r, (run, look, per_run, (rows, diverged)) in enumerate(zip(runs, looks, drifts, windows)):
+    for run, look, per_run, (rows, diverged) in zip(runs, looks, drifts, windows):
         x = np.asarray(run.steps[rows], dtype=np.float64)
         shown = [(site, _drift(run, site, rows)) for site in per_run if site.key in panels]
         # One run: a shade per layer, lighter for shallower ones, and a line style that
@@ -148,7 +148,7 @@ def draw(
                         gid=f"drift:{run.label}:{site.layer}:{site.role}")
             common.mark_nonfinite(ax, diverged, label=False)
             if single:
-                handles.append(Line2D([], [], color=color, linestyle=style))
+                handles.append(Line2D([], [], color=color, linestyle=style))  # type: ignore[arg-type]
                 labels.append(f"{site.label} {site.module_type}")
     values = np.concatenate([common.drawn_values(ax) for ax in drift_axes])
     total = len({key for k in keys for key in k})

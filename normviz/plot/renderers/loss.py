@@ -99,7 +99,8 @@ def draw(
         if common.wants_log(values):
             ax.set_yscale("log")
     if not any(common.drawn_values(ax).size for ax in axes):
-        where = "" if window is None else f" between steps {window.start or 0}:{'' if window.stop is None else window.stop}"
+        stop = "" if window is None or window.stop is None else window.stop
+        where = "" if window is None else f" between steps {window.start or 0}:{stop}"
         raise MissingDataError(f"loss: no value of {', '.join(names)} was recorded{where}")
     common.step_axis(axes[-1])
     handles, labels = common.look_handles(looks)

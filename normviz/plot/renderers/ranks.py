@@ -147,8 +147,8 @@ def draw(
     ax = fig.add_subplot(grid[-1, 0])
     frame = _spread_frame(merged, spreads, shown)
     ns = sorted(set(frame["n"])) if len(frame) else []
-    for local in (False, True):
-        part = frame[frame["local"] == local]
+    for hollow in (False, True):
+        part = frame[frame["local"] == hollow]
         if not len(part):
             continue
         before = set(ax.get_lines())
@@ -159,9 +159,9 @@ def draw(
             markers={run.label: look.marker for run, look in zip(merged, looks)}, dashes=False, legend=False,
         )
         for line in set(ax.get_lines()) - before:
-            line.set_gid("size-local" if local else "size")
+            line.set_gid("size-local" if hollow else "size")
             line.set_markeredgecolor(line.get_color())
-            if local:  # hollow: what a SyncBatchNorm layer's ranks would have normalized with alone
+            if hollow:  # hollow: what a SyncBatchNorm layer's ranks would have normalized with alone
                 line.set_markerfacecolor("none")
     world = max(r.world_size for r in merged)
     if ns:
@@ -177,7 +177,8 @@ def draw(
     # Running means after each step: measured agreement between ranks.
     ax = fig.add_subplot(grid[-1, 1])
     for run, look, sp in zip(merged, looks, spreads):
-        vals = [np.nanmean(s.running_mean, axis=1) for s in sp if s.layer in shown and np.isfinite(s.running_mean).any()]
+        vals = [np.nanmean(s.running_mean, axis=1) for s in sp
+                if s.layer in shown and np.isfinite(s.running_mean).any()]
         if not vals:
             continue
         x = np.asarray(sp[0].steps, dtype=np.float64)

@@ -9,20 +9,20 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 
+import normviz_dyt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
+from normviz_dyt import DyT, convert_layernorms  # noqa: E402
 from torch import nn  # noqa: E402
 
 import normviz  # noqa: E402
-import normviz_dyt  # noqa: E402
 from normviz.datatypes import NormSpec  # noqa: E402
 from normviz.errors import MissingDataError  # noqa: E402
 from normviz.plot.palette import kind_color  # noqa: E402
 from normviz.plugins import get_plugin_host  # noqa: E402
 from normviz.testing import RendererContract, record_run  # noqa: E402
-from normviz_dyt import DyT, convert_layernorms  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

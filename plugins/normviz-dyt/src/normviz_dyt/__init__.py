@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from normviz import NormKind, hookimpl
-
 from normviz_dyt.module import DyT, convert_layernorms
 from normviz_dyt.render import RENDERER
 from normviz_dyt.statistics import KIND, SATURATION_THRESHOLD, STATISTICS, classify

@@ -32,7 +32,6 @@ from normviz import analysis
 from normviz.datatypes import Renderer
 from normviz.errors import MissingDataError
 from normviz.plot import common
-
 from normviz_dyt.statistics import KIND, SATURATION_THRESHOLD
 
 __all__ = ["RENDERER", "REQUIRED", "draw", "dyt_layers", "norm_layers"]

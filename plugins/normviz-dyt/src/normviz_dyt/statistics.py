@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from normviz.datatypes import NormSpec, Site, Statistic
-
 from normviz_dyt.module import DyT
 
 __all__ = [
