@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -226,7 +226,7 @@ class GradientTracker:
             self._result = {"weight_norm": self._weight_norm}
             if not present:
                 return
-            grads = [g for g in (self._params[i].grad for i in present) if g is not None]
+            grads = cast(list[torch.Tensor], [self._params[i].grad for i in present])  # present: not None
             sub_owner, have, count = self._present_index(tuple(present), device)
             l2 = _sq_norms(grads)
             l1, linf = _abs_sum_max(grads)

@@ -181,7 +181,7 @@ class Recorder:
             scalars["lr"] = lr
         self._scalars.add(step, time.time() - self._t0, scalars)
         self._grads.finish_update()  # if step() runs inside the optimizer's post-hooks, before ours
-        armed = self._hooks.armed
+        armed = self._hooks.arming.armed
         if not armed and len(self._scalars.pending) >= SCALAR_BATCH and self._writer is not None:
             self._scalars.send(self._writer)  # bounded memory between recorded steps far apart
         if armed:

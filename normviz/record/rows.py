@@ -182,6 +182,8 @@ class RowPacker:
         self.grad_result = grad_result
         self.owner = owner
         self.site_keys = [e.key for e in layout.sites]
+        # Each dataset with the vector it travels in, worked out once (pack runs every recorded step).
+        self._stats = [(st, vector_of(st.dtype)) for st in layout.stats]
         self._placeholders: dict[tuple[int, str, torch.device | None], torch.Tensor] = {}
         self._module_plans: dict[str, ModulePlan] = {}
         self._width_warned: set[str] = set()
@@ -198,8 +200,7 @@ class RowPacker:
         split off the end of ``f8`` again, and the event guarding a CUDA copy (else None)."""
         parts: dict[str, list[torch.Tensor]] = {"f4": [], "f8": []}
         device = self.assembler.device if self.site_keys else None
-        for st in self.layout.stats:
-            vec = vector_of(st.dtype)
+        for st, vec in self._stats:
             if st.group == schema.ACT and blocks is not None and st.name in blocks.stats:
                 parts[vec].append(blocks.stats[st.name])
             elif st.group == schema.ACT and st.name in core.HOST_FINISHED:
