@@ -33,7 +33,12 @@ def one_round(root: Path, models: list[str], variants: list[str], steps: int, ou
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"overhead.py failed with {root}:\n{proc.stderr[-2000:]}")
-    return json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    # An installed or editable normviz earlier on sys.path would time one version twice.
+    imported = Path(report["environment"]["normviz_package"])
+    if imported != root / "normviz":
+        raise SystemExit(f"overhead.py imported normviz from {imported}, not from {root}")
+    return report["results"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import ctypes
 import gc
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -42,9 +43,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing it
-    sys.path.insert(0, str(REPO))
+# Run from a checkout without installing it: fall back to this checkout only when no
+# normviz is importable, so that PYTHONPATH (compare_versions.py) picks the version timed.
+if importlib.util.find_spec("normviz") is None:
+    sys.path.append(str(REPO))
 
+import normviz  # noqa: E402
 from normviz.experiments import models  # noqa: E402
 
 THREADS = 2
@@ -767,6 +771,7 @@ def environment(variants: list[Variant], memory: PeakMemory, argv: list[str]) ->
             else "system default"
         ),
         "versions": versions,
+        "normviz_package": str(Path(normviz.__file__).resolve().parent),
         "memory_method": memory.method,
     }
 
