@@ -72,6 +72,14 @@ class Borrowed:
 _BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
 
+def _saved_tensors_packed() -> bool:
+    """Whether saved-tensor hooks are active (autograd then packs what a node saves)."""
+    try:
+        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    except (AttributeError, RuntimeError, TypeError):  # another PyTorch: assume they may be
+        return True
+
+
 def borrow(module: torch.nn.Module, x: torch.Tensor, output: torch.Tensor, gen: torch.Generator) -> Borrowed | None:
     """The batch statistics PyTorch's own BatchNorm, GroupNorm and LayerNorm saved for their
     backward pass (mean and 1/sqrt(var + eps)), read from the output's autograd node.
@@ -80,9 +88,11 @@ def borrow(module: torch.nn.Module, x: torch.Tensor, output: torch.Tensor, gen: 
     *x*. The variance comes back as ``1/rstd² − eps``: exact to ~1e-7·eps absolute.
     Anything unexpected (another class, no autograd graph, an input that is not *x*,
     another PyTorch's node layout) returns None and the statistics are computed directly.
+    So does a forward under saved-tensor hooks (activation checkpointing, CPU offloading):
+    reading a saved tensor there unpacks it, which recomputes the checkpointed block.
     """
     grad_fn = output.grad_fn
-    if grad_fn is None:
+    if grad_fn is None or _saved_tensors_packed():
         return None
     node = type(grad_fn).__name__
     kind = type(module)

@@ -7,6 +7,7 @@ The file's layout itself — which datasets, their dtypes and attributes — is 
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,10 +32,14 @@ def describe(
     disabled: set[str],
     *,
     max_channels: int,
+    sharded: bool = False,
+    grad_partial_widths: dict[int, int] | None = None,
 ) -> Layout:
     """The run's layout from the sites the first recorded step saw (numbered in order here:
     ``SiteState.index``), the recorded layers (name → module, norm spec) and the layers
-    with parameters (name → gradient column)."""
+    with parameters (name → gradient column); ``sharded``: the model has DTensor
+    parameters, whose layers also get the partial sums the merge adds up (and
+    ``grad_partial_widths``: the layers whose gradients are unreduced partial sums)."""
     for i, st in enumerate(sites):
         st.index = i
     calls: dict[str, int] = {}
@@ -53,7 +58,7 @@ def describe(
             channel_dim=spec.channel_dim if spec is not None else output_channel_dim(module),
             spec=None if spec is None else dict(spec.__dict__),
             grad_index=grad_index.get(name),
-            n_params=sum(p.numel() for p in module.parameters(recurse=False)),
+            n_params=sum(math.prod(p.shape) for p in module.parameters(recurse=False)),
         )
         for name, (module, spec) in layers.items()
     ]
@@ -62,6 +67,9 @@ def describe(
             st.site.layer, st.site.role, st.site.call, st.site.kind, st.site.module_type, st.site.channels,
             st.site.channel_dim,
             None if "channel_index" not in st.ctx_state else [int(i) for i in st.ctx_state["channel_index"].tolist()],
+            channel_offset=0 if st.part is None else st.part.offset,
+            global_channels=None if st.part is None else st.part.global_channels,
+            counted=True if st.part is None else st.part.counted,
         )
         for st in sites
     ]
@@ -89,6 +97,8 @@ def describe(
         layer_entries, site_entries, site_stats, module_stats, n_grad_layers,
         hist_bins=S.HIST_BINS, sample_size=S.SAMPLE_SIZE, percentile_levels=list(S.PERCENTILE_LEVELS),
         group_levels=list(S.GROUP_LEVELS), max_channels=max_channels,
+        grad_stats=schema.GRAD_STATS + (schema.GRAD_PARTIAL_STATS if sharded else ()),
+        grad_partial_widths=grad_partial_widths,
     )
 
 
@@ -103,11 +113,13 @@ def norm_kind_of(layers: Sequence[LayerEntry], given: str | None) -> str:
 
 
 def run_meta(model: nn.Module, layout: Layout, *, label: str, experiment: str | None, norm_kind: str | None,
-             rank: int, world_size: int, every: int, max_channels: int, user: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's ``meta``: label, experiment, norm kind, rank, options, the model and the versions."""
+             rank: int, world_size: int, every: int, max_channels: int, user: Mapping[str, Any],
+             sharding: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's ``meta``: label, experiment, norm kind, rank, options, the model and the versions
+    (and, for a model with DTensor parameters, ``sharding``: its device mesh and placements)."""
     from normviz import __version__
 
-    return {
+    meta = {
         "label": label,
         "experiment": experiment,
         "norm_kind": norm_kind_of(layout.layers, norm_kind),
@@ -117,7 +129,7 @@ def run_meta(model: nn.Module, layout: Layout, *, label: str, experiment: str | 
         "max_channels": max_channels,
         "model": {
             "class": type(model).__name__,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": sum(math.prod(p.shape) for p in model.parameters()),
             "summary": repr(model)[:20000],
         },
         "versions": {
@@ -128,3 +140,6 @@ def run_meta(model: nn.Module, layout: Layout, *, label: str, experiment: str | 
         },
         "user": dict(user),
     }
+    if sharding is not None:
+        meta["sharding"] = dict(sharding)
+    return meta

@@ -5,7 +5,9 @@ takes PyTorch's slower call path (about 10 µs a call on CPU), a cost the steps 
 are not recorded should not pay. A ``torch.compile``d model keeps its hooks throughout
 (its graph is traced with them). Every hook computes under ``no_grad``, returns None (a
 forward hook's return value would replace the output) and never stops training: a
-layer whose observation raises is disabled with one warning.
+layer whose observation raises is disabled with one warning (unless the recorder was
+made with ``on_error="raise"``). A forward that runs inside backward — activation
+checkpointing recomputing a block — is not counted or observed again.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch import nn
 
 from normviz.datatypes import NormSpec
-from normviz.record import core
+from normviz.record import core, shards
 from normviz.record.observe import PLAIN_BATCHNORMS, Observer
+from normviz.record.reductions import l2_norm
 
 _BORROWING = (*PLAIN_BATCHNORMS, nn.GroupNorm, nn.LayerNorm)  # see core.borrow
 
@@ -59,27 +62,56 @@ class LayerHook:
         if not self.arming.armed or not self.training():
             return None
         obs = self.observer
+        if in_backward():
+            # A forward recomputed for backward (activation checkpointing): the step's
+            # forward was recorded already; only the output-gradient tap may be missing.
+            self._tap_recomputed(output)
+            return None
         call = obs.next_call(self.name)
         try:
             with torch.no_grad():
-                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-                out = first_tensor(output)
+                # DTensor activations (tensor/sequence parallel) are read through their
+                # local shards, without a collective.
+                x = shards.local(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+                out_t = first_tensor(output)
+                out = shards.local(out_t) if out_t is not None else None
                 if obs.pending:  # left for a norm layer that is not this one: reduce it now
                     obs.complete_pending(keep=x if self.is_norm else None)
                 obs_in = None
                 if self.is_norm and x is not None:
                     borrowed = None
-                    if self.can_borrow and out is not None and module.training:
+                    if self.can_borrow and out is not None and module.training and out is out_t:
                         borrowed = core.borrow(module, x, out, obs.gen(x.device))
-                    obs_in = obs.observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed)
+                    obs_in = obs.observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed,
+                                         source=args[0])
                 if out is not None:
                     derive = obs_in if self.derives and module.training else None
-                    obs.observe(self.name, module, "output", call, out, self.spec, derive_from=derive)
-            if out is not None and out.requires_grad and torch.is_grad_enabled():
-                out.register_hook(GradNormHook(self.arming, obs, f"{self.name}|output|{call}"))
-        except Exception as exc:  # noqa: BLE001 - recording must never break training
+                    obs.observe(self.name, module, "output", call, out, self.spec, derive_from=derive, source=out_t)
+            if out_t is not None and out_t.requires_grad and torch.is_grad_enabled():
+                obs.tap(self.name, call, out_t, GradNormHook(self.arming, obs, f"{self.name}|output|{call}"))
+        except Exception as exc:  # noqa: BLE001 - recording must never break training (unless asked)
+            if obs.strict:
+                raise
             obs.disable_layer(self.name, exc)
         return None
+
+    def _tap_recomputed(self, output: Any) -> None:
+        """Reentrant checkpointing runs the first forward without grad: the output-gradient
+        tap goes on the recomputed output instead (non-reentrant: tapped in the first forward)."""
+        obs = self.observer
+        call = obs.next_recompute(self.name)
+        out = first_tensor(output)
+        if out is None or not out.requires_grad or obs.tapped(self.name, call):
+            return
+        obs.tap(self.name, call, out, GradNormHook(self.arming, obs, f"{self.name}|output|{call}"))
+
+
+def in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass on this thread: a forward now is
+    a recomputation (activation checkpointing), not a forward pass of the training step."""
+    if torch.compiler.is_compiling():
+        return False
+    return bool(torch._C._current_graph_task_id() != -1)
 
 
 class GradNormHook:
@@ -94,30 +126,33 @@ class GradNormHook:
 
     def __call__(self, grad: torch.Tensor) -> None:
         if self.arming.armed:
-            with torch.no_grad():
-                self.observer.set_result(self.key, "output_grad_norm", l2_norm(grad))
+            try:
+                with torch.no_grad():
+                    self.observer.set_result(self.key, "output_grad_norm", l2_norm(shards.local(grad)))
+            except Exception as exc:  # noqa: BLE001 - a tensor hook that raises would stop backward
+                if self.observer.strict:
+                    raise
+                self.observer.disable_layer(self.key.split("|", 1)[0], exc)
         return None
 
 
 class ResetCalls:
-    """Root forward pre-hook: a new forward pass starts counting module calls from 0."""
+    """Root forward pre-hook: a new forward pass starts counting module calls from 0; the first
+    forward after the hooks were installed also makes sure they run last (see :class:`HookSet`)."""
 
-    __slots__ = ("observer",)
+    __slots__ = ("observer", "first", "reorder")
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, reorder: Any) -> None:
         self.observer = observer
+        self.first = True
+        self.reorder = reorder
 
     def __call__(self, module: nn.Module, args: Any) -> None:
+        if self.first:
+            self.first = False
+            self.reorder()
         self.observer.new_forward()
         return None
-
-
-def l2_norm(t: torch.Tensor) -> torch.Tensor:
-    """‖t‖ as a [1] float32 tensor; BLAS dot for contiguous float32 (2x faster than vector_norm on CPU)."""
-    if t.dtype == torch.float32 and t.is_contiguous() and t.numel() > 0:
-        flat = t.view(-1)
-        return torch.dot(flat, flat).sqrt().reshape(1)
-    return torch.linalg.vector_norm(t, dtype=torch.float32).reshape(1)
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -139,13 +174,16 @@ class HookSet:
     """The forward hooks of a model's recorded layers, installed while a recorded step runs.
 
     ``layers`` maps each recorded layer's qualified name to (module, norm spec or None).
+    The first forward pass after they are installed checks that they run after any hook
+    added to their modules since, and installs them again at the end if not.
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, tuple[nn.Module, NormSpec | None]],
                  observer: Observer, *, keep: bool) -> None:
         self.arming = Arming()
         self.keep = keep
-        self._hooks: list[tuple[nn.Module, bool, Any]] = [(model, True, ResetCalls(observer))]
+        self._reset = ResetCalls(observer, self._run_last)
+        self._hooks: list[tuple[nn.Module, bool, Any]] = [(model, True, self._reset)]
         for name, (module, spec) in layers.items():
             self._hooks.append((module, False, LayerHook(self.arming, observer, model, name, spec, module)))
         self._handles: list[Any] = []
@@ -170,6 +208,22 @@ class HookSet:
         for module, is_root, hook in self._hooks:
             register = module.register_forward_pre_hook if is_root else module.register_forward_hook
             self._handles.append(register(hook))
+        self._reset.first = True
+
+    def _run_last(self) -> None:
+        """Put the hooks back at the end of their modules' hooks if others were added since.
+
+        Tensor parallelism (``parallelize_module``) turns a module's output into what the
+        next layer takes — a local tensor, a reduced one — in forward hooks of its own; a
+        recorder attached before it must read the output after them, as it would have if
+        attached after."""
+        for (module, is_root, _), handle in zip(self._hooks, self._handles):
+            hooks = module._forward_pre_hooks if is_root else module._forward_hooks
+            if next(reversed(hooks), None) != handle.id:
+                self.uninstall()
+                self.install()
+                self._reset.first = False
+                return
 
     def uninstall(self) -> None:
         for handle in self._handles:

@@ -28,8 +28,9 @@ from torch import nn
 
 from normviz.datatypes import NormSpec, Site, Statistic
 from normviz.errors import UsageError
-from normviz.record import core
+from normviz.record import core, shards
 from normviz.record import stats as S
+from normviz.store.layout import kept_channels
 
 #: Key of a site's fused core observation in a step's results.
 CORE = "__core__"
@@ -39,10 +40,12 @@ PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 class SiteState:
     """A site's descriptor, its statistics (all, and the per-site extras) and their state."""
 
-    __slots__ = ("site", "spec", "stats", "extras", "ctx_state", "index", "lazy")
+    __slots__ = ("site", "spec", "stats", "extras", "ctx_state", "index", "lazy", "part")
 
-    def __init__(self, site: Site, spec: NormSpec | None, stats: list[Statistic], ctx_state: dict[str, Any]) -> None:
+    def __init__(self, site: Site, spec: NormSpec | None, stats: list[Statistic], ctx_state: dict[str, Any],
+                 part: shards.ChannelPart | None = None) -> None:
         self.site = site
+        self.part = part  # where this rank's tensor sits in a sharded one (None: whole)
         self.spec = spec
         self.stats = stats
         self.extras = [s for s in stats if not s.fused]
@@ -106,13 +109,16 @@ class Observer:
         Seed of the sampling generators (one per device; the global RNGs are never used).
     owner:
         ``owner(statistic name) -> provider``, for warnings that name a plugin.
+    strict:
+        Raise what a hook or statistic raises instead of disabling it (``on_error="raise"``).
     """
 
     def __init__(
         self, statistics: Mapping[str, Statistic], opt_in: Mapping[str, list[str]], *, max_channels: int, seed: int,
-        owner: Any,
+        owner: Any, strict: bool = False,
     ) -> None:
         self.statistics = statistics
+        self.strict = strict
         self.opt_in = opt_in
         self.max_channels = max_channels
         self.seed = seed
@@ -120,6 +126,9 @@ class Observer:
         self.sites: dict[str, SiteState] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, int] = {}
+        # Output-gradient taps of this forward pass, and calls of layers recomputed for backward.
+        self._tapped: set[tuple[str, int]] = set()
+        self._recomputes: dict[str, int] = {}
         self.seen: dict[tuple[Any, ...], tuple[Any, core.CoreObs, SiteState]] = {}
         # Tensors of this step left to the norm layer they feed, by id: (site key, tensor,
         # version, site). Held until the next recorded layer runs, so they can still be reduced.
@@ -138,12 +147,30 @@ class Observer:
         self.calls[name] = call + 1
         return call
 
+    def next_recompute(self, name: str) -> int:
+        """The index of this recomputation of layer ``name`` (activation checkpointing) since
+        the last forward pass: its call of that pass, for layers called once per pass."""
+        call = self._recomputes.get(name, 0)
+        self._recomputes[name] = call + 1
+        return call
+
+    def tap(self, name: str, call: int, out: torch.Tensor, hook: Any) -> None:
+        """Register ``hook`` on the output of call ``call`` of layer ``name`` (once per pass)."""
+        out.register_hook(hook)
+        self._tapped.add((name, call))
+
+    def tapped(self, name: str, call: int) -> bool:
+        """Whether that output's gradient is tapped already in this forward pass."""
+        return (name, call) in self._tapped
+
     def new_forward(self) -> None:
         """A new forward pass: module calls count from 0 again."""
         if self.pending:
             self.complete_pending()
         self.calls.clear()
         self.seen.clear()
+        self._tapped.clear()
+        self._recomputes.clear()
 
     def end_step(self) -> None:
         """Forget the step just recorded (its results were packed into its row)."""
@@ -151,6 +178,8 @@ class Observer:
         self.seen.clear()
         self.pending.clear()
         self.calls.clear()
+        self._tapped.clear()
+        self._recomputes.clear()
 
     def set_result(self, key: str, name: str, value: torch.Tensor) -> None:
         """Store one statistic of the site ``key`` (``layer|role|call``) for this step."""
@@ -176,14 +205,16 @@ class Observer:
         spec: NormSpec | None,
         derive_from: core.CoreObs | None = None,
         borrowed: core.Borrowed | None = None,
+        source: torch.Tensor | None = None,
     ) -> core.CoreObs | None:
-        """Reduce the tensor ``x`` of one site; returns its core observation (None if skipped)."""
+        """Reduce the tensor ``x`` of one site; returns its core observation (None if skipped).
+        ``source``: the tensor the module saw when ``x`` is its local shard (a DTensor)."""
         if name in self.disabled_layers or not x.is_floating_point() or x.numel() == 0:
             return None
         key = f"{name}|{role}|{call}"
         st = self.sites.get(key)
         if st is None:
-            st = self._new_site(name, module, role, call, x, spec)
+            st = self._new_site(name, module, role, call, x, spec, x if source is None else source)
             if st is None:
                 return None
         # The same tensor seen twice in a step (a convolution's output is the next norm's
@@ -235,6 +266,8 @@ class Observer:
             try:
                 out[statistic.name] = statistic.compute(ctx)
             except Exception as exc:  # noqa: BLE001 - a failing statistic is disabled, training goes on
+                if self.strict:
+                    raise
                 self.disabled_stats.add(statistic.name)
                 warnings.warn(
                     f"normviz: statistic {statistic.name!r} ({self.owner(statistic.name)}) "
@@ -293,7 +326,8 @@ class Observer:
         self.pending = kept
 
     def _new_site(
-        self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None
+        self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None,
+        source: torch.Tensor,
     ) -> SiteState | None:
         if self.frozen:
             if not self._late_sites_warned:
@@ -313,17 +347,31 @@ class Observer:
             cd = cd % x.dim()
             channels = int(x.shape[cd])
         kind = spec.kind if spec is not None else None
-        stored = min(channels, self.max_channels)
-        site = Site(name, role, call, kind, type(module).__name__, channels, cd, stored)
+        part = shards.channel_part(module, source, x, cd) if source is not x or shards.is_dtensor(
+            getattr(module, "weight", None)) else None
         ctx_state: dict[str, Any] = {}
-        if stored < channels:
-            ctx_state["channel_index"] = channel_index(channels, stored, x.device)
+        if part is not None and part.global_channels is not None:
+            # A slice of the channel axis: the kept channels are chosen on the global axis.
+            total = part.global_channels
+            chosen = torch.tensor(kept_channels(total, self.max_channels), device=x.device) - part.offset
+            local = chosen[(chosen >= 0) & (chosen < channels)]
+            stored = int(local.numel())
+            if 0 < stored < channels:
+                ctx_state["channel_index"] = local
+            elif stored == 0:  # none of the kept channels is here: keep one, the merge ignores it
+                stored = 1
+                ctx_state["channel_index"] = local.new_zeros(1)
+        else:
+            stored = min(channels, self.max_channels)
+            if stored < channels:
+                ctx_state["channel_index"] = channel_index(channels, stored, x.device)
+        site = Site(name, role, call, kind, type(module).__name__, channels, cd, stored)
         stats = [
             s
             for s in self.statistics.values()
             if (s.default or _opted_in(self.opt_in, s.name, name)) and s.applies(site)
         ]
-        st = SiteState(site, spec, stats, ctx_state)
+        st = SiteState(site, spec, stats, ctx_state, part)
         self.sites[site.key] = st
         return st
 

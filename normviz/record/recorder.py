@@ -69,7 +69,9 @@ class Recorder:
     flush_every, flush_secs:
         How often rows are published to the file; a crash loses at most this much.
     on_error:
-        ``"warn"`` (default) or ``"raise"``: what a write failure does (see :class:`RunWriter`).
+        ``"warn"`` (default): what fails in recording — a hook, a statistic, the gradient
+        statistics, a write — is disabled with one warning naming it, and training goes on
+        with the rest recorded. ``"raise"``: the failure is raised into training instead.
     plugins:
         A :class:`~normviz.plugins.PluginHost`; default: built-ins and installed plugins.
     seed:
@@ -128,7 +130,7 @@ class Recorder:
         all_stats = self.host.statistics()
         self._observer = Observer(
             all_stats, parse_opt_in(statistics, all_stats), max_channels=self.max_channels, seed=seed,
-            owner=lambda name: self.host.owner("statistic", name),
+            owner=lambda name: self.host.owner("statistic", name), strict=on_error == "raise",
         )
         self._layers: dict[str, tuple[nn.Module, NormSpec | None]] = {}
         for name, module in model.named_modules():
@@ -136,7 +138,8 @@ class Recorder:
             if spec is not None or any(True for _ in module.parameters(recurse=False)):
                 self._layers[name] = (module, spec)
         self._hooks = HookSet(model, self._layers, self._observer, keep=keep_hooks)
-        self._grads = GradientTracker([(n, m) for n, (m, _) in self._layers.items()], lambda: self._hooks.armed)
+        self._grads = GradientTracker([(n, m) for n, (m, _) in self._layers.items()], lambda: self._hooks.armed,
+                                      strict=on_error == "raise")
         self._grad_handles = self._grads.attach()
         self._scalars = ScalarQueue()
         self._pending_scalars = self._scalars.pending  # the same list: the steps' scalars not yet sent
@@ -232,7 +235,8 @@ class Recorder:
         obs = self._observer
         sites = list(obs.sites.values())
         layout = describe(sites, self._layers, self._grads.columns, self._grads.n_layers, obs.disabled_layers,
-                          max_channels=self.max_channels)
+                          max_channels=self.max_channels, sharded=self._grads.sharded,
+                          grad_partial_widths=self._grads.partial_widths())
         obs.frozen = True
         device = next((o[CORE].mean_c.device for o in obs.results.values() if CORE in o), torch.device("cpu"))
         group_entry = layout.stat(schema.ACT, "group_mean")
@@ -264,7 +268,7 @@ class Recorder:
         meta = run_meta(
             self._model, self._layout, label=self.label, experiment=self.experiment, norm_kind=self._norm_kind,
             rank=self._rank, world_size=self._world_size, every=self.every, max_channels=self.max_channels,
-            user=self._user_meta,
+            user=self._user_meta, sharding=self._grads.sharding(),
         )
         flush_every, flush_secs, on_error = self._flush
         self._writer = RunWriter(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normviz.record import core
+from normviz.record import core, shards
 from normviz.record.observe import CORE, channel_index
 from normviz.store import schema
 from normviz.store.layout import Layout, StatEntry
@@ -57,10 +57,11 @@ class Packing:
 
 
 def module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
-    """A norm layer's 1-D floating-point tensor ``name`` (weight, bias, running statistics), or None."""
+    """A norm layer's 1-D floating-point tensor ``name`` (weight, bias, running statistics), or
+    None; a sharded one (DTensor) as its global view (:func:`~normviz.record.shards.global_view`)."""
     t = getattr(module, name, None)
     if isinstance(t, torch.Tensor) and t.dim() == 1 and t.is_floating_point():
-        return t
+        return shards.global_view(t)
     return None
 
 
@@ -168,13 +169,14 @@ class ScalarQueue:
 class RowPacker:
     """Packs one recorded step's statistics into the row vectors of a fixed layout.
 
-    ``modules[i]`` is the module of ``layout.layers[i]``; ``grad_result(stat, device)``
+    ``modules[i]`` is the module of ``layout.layers[i]``; ``grad_result(stat, device, width)``
     gives a gradient statistic of every layer with parameters; ``owner(statistic)`` names
     a statistic's provider for warnings.
     """
 
     def __init__(self, layout: Layout, packing: Packing, assembler: core.CoreAssembler, modules: list[nn.Module],
-                 grad_result: Callable[[str, torch.device | None], torch.Tensor], owner: Callable[[str], str]) -> None:
+                 grad_result: Callable[[str, torch.device | None, int], torch.Tensor],
+                 owner: Callable[[str], str]) -> None:
         self.layout = layout
         self.packing = packing
         self.assembler = assembler
@@ -220,7 +222,7 @@ class RowPacker:
             elif st.group == schema.MODULE:
                 parts["f4"].append(self._module_block(st, device))
             elif st.group == schema.GRAD:
-                parts["f4"].append(self.grad_result(st.name, device))
+                parts["f4"].append(self.grad_result(st.name, device, st.offsets[-1]))
         if blocks is not None:
             parts["f4"].append(blocks.host)  # what the host finishes the row from
         if scalar_values is not None:

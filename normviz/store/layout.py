@@ -12,6 +12,7 @@ memory is the recorder's business (:mod:`normviz.record.rows`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,10 +44,26 @@ class SiteEntry:
     channels: int
     channel_dim: int
     channel_index: list[int] | None = None  # None: every channel is stored
+    # A rank's slice of a sharded tensor (schema 1.2): its channels are
+    # channel_offset : channel_offset + channels of global_channels (None: the whole axis);
+    # counted False: a replicated copy that another rank counts.
+    channel_offset: int = 0
+    global_channels: int | None = None
+    counted: bool = True
 
     @property
     def key(self) -> str:
         return f"{self.layer}|{self.role}|{self.call}"
+
+
+def kept_channels(total: int, max_channels: int) -> list[int]:
+    """The channels of a ``total``-channel axis whose series a rank keeps when the axis is
+    sharded (tensor parallel): ``max_channels`` evenly spaced ones, first and last included.
+    The recorder and the merge both take them from here, so they agree."""
+    keep = min(total, max_channels) if max_channels > 0 else total
+    if keep <= 1:
+        return [0][:keep]
+    return sorted({int(round(i * (total - 1) / (keep - 1))) for i in range(keep)})
 
 
 @dataclass
@@ -138,13 +155,20 @@ def build_layout(
     percentile_levels: list[float],
     group_levels: list[float],
     max_channels: int,
+    grad_stats: Sequence[str] | None = None,
+    grad_partial_widths: dict[int, int] | None = None,
 ) -> Layout:
     """The file's layout: the site statistics (``act``, plus the output-gradient norm of
     every output site), the module tensors (``module``: name → layer rows and widths, in
     :data:`~normviz.store.schema.MODULE_STATS` order) and one column per layer with
-    parameters for each gradient statistic (``grad``). A statistic without rows makes
+    parameters for each gradient statistic (``grad``: ``grad_stats``, by default
+    :data:`~normviz.store.schema.GRAD_STATS`; ``grad_partial_widths``: gradient column →
+    how many partial-sum gradient values that layer has). A statistic without rows makes
     no dataset."""
     from normviz.store import schema
+
+    if grad_stats is None:
+        grad_stats = schema.GRAD_STATS
 
     entries: list[StatEntry] = []
 
@@ -164,8 +188,12 @@ def build_layout(
     for name in schema.MODULE_STATS:
         rows, widths = module_stats.get(name, ([], []))
         add(schema.MODULE, name, "float32", rows, widths, {})
-    for name in schema.GRAD_STATS:
+    for name in grad_stats:
         add(schema.GRAD, name, "float32", list(range(n_grad_layers)), [1] * n_grad_layers, {})
+    if grad_partial_widths:
+        rows = sorted(grad_partial_widths)
+        add(schema.GRAD, schema.GRAD_PARTIAL_VALUES, "float32", rows, [grad_partial_widths[r] for r in rows],
+            {"description": "this rank's unreduced partial gradient values (Partial placement)"})
     return Layout(
         layers=layers,
         sites=sites,

@@ -280,6 +280,18 @@ class Run(RunMetadata):
         )]
         return names, self._read(f"{schema.GRAD}/{name}", steps, rows)
 
+    def grad_values(self, name: str, *, steps: slice | None = None,
+                    rows: Any = None) -> tuple[list[str], list[int], np.ndarray]:
+        """A gradient dataset with several values per layer (``grad_partial_values``):
+        ``(layer names, column offsets, [steps, columns])``; layer ``i``'s values are
+        columns ``offsets[i]:offsets[i + 1]``."""
+        st = self.layout.stat(schema.GRAD, name)
+        if st is None:
+            raise MissingDataError(f"{self.path}: gradient values {name!r} were not recorded in this run",
+                                   statistic=name)
+        by_index = {e.grad_index: e.name for e in self.layout.layers if e.grad_index is not None}
+        return [by_index[r] for r in st.rows], list(st.offsets), self._read(f"{schema.GRAD}/{name}", steps, rows)
+
     def module_stat(self, name: str, layer: str, *, steps: slice | None = None, rows: Any = None) -> np.ndarray:
         """A module tensor over training (``weight``, ``bias``, ``running_mean``, ``running_var``)."""
         st = self.layout.stat(schema.MODULE, name)
