@@ -8,6 +8,7 @@ traceback unless ``--debug``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from normviz import __version__
+from normviz.distributed import current_rank, rank_path
 from normviz.errors import NormvizError
 from normviz.folders import FIGURES_DIR, RUNS_DIR, collect_runs, new_run_folder, run_args, writable
 
@@ -176,15 +178,23 @@ def _record_script(
     if argv and argv[0] == "--":
         argv = argv[1:]
     created = None
+    _, world_size = current_rank()
     if out is not None and Path(out).suffix == ".h5":
         path = Path(out)
     elif out is not None and Path(out).is_dir():
         path = Path(out) / f"{script.stem}.h5"
     elif out is not None:
         raise NormvizError(f"--out {out}: for a script, name a FILE.h5 or an existing folder")
+    elif world_size > 1:
+        # Under torchrun every rank runs this command: they share one folder, named by the run.
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT") or "run"
+        created = RUNS_DIR / f"torchrun-{run_id}"
+        created.mkdir(parents=True, exist_ok=True)
+        path = created / f"{script.stem}.h5"
     else:
         created = new_run_folder(RUNS_DIR)
         path = created / f"{script.stem}.h5"
+    path = rank_path(path)  # <script>.rank<R>.h5 under torchrun, unchanged in one process
     if path.exists() and not overwrite:
         raise NormvizError(f"{path}: file exists; normviz never overwrites a run (use --overwrite)")
     recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem)

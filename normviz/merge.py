@@ -1,29 +1,14 @@
-"""Merge the per-rank files of one torchrun / DDP run (pure NumPy on :class:`Run` objects).
+"""Merge the per-rank files of one torchrun run — DDP, FSDP2, HSDP, tensor parallel — (pure
+NumPy on :class:`Run` objects).
 
 :func:`merge_ranks` replaces the rank files of each multi-rank run by one
-:class:`MergedRun`, which answers the reader's API (``stat``, ``steps``,
-``layers``, ``scalar``, …) with the statistics of the global batch:
-
-=====================================  ==========================================================
-statistic                              merged as
-=====================================  ==========================================================
-``channel_mean``, ``channel_var``,     exact: pooled over ranks, weighted by ``numel``:
-``mean``, ``std``                      m = Σ n_r m_r / Σ n_r, v = Σ n_r (v_r + (m_r − m)²) / Σ n_r
-``min``, ``max``, ``numel``,           exact: min, max, sum over ranks
-``nonfinite``
-``output_grad_norm``                   exact for DDP's gradient averaging: sqrt(Σ g_r²) / W
-``hist``                               summed where every rank has the same edges (ranks recording
-                                       under torch.distributed share them: see
-                                       :func:`normviz.distributed.shared_extrema`); a site whose
-                                       edges differ raises :class:`MissingDataError` (listed in
-                                       :attr:`MergedRun.notes`)
-``percentiles``, ``group_mean``,       **approximate**: numel-weighted average of the ranks'
-``group_scale``, other statistics      values (percentiles of a union are not a function of the
-                                       parts' percentiles)
-gradients (``grad``), module tensors   rank 0's (DDP keeps parameters and averaged gradients equal
-(``module_stat``)                      on every rank; BatchNorm buffers are broadcast from rank 0)
-scalars                                mean over ranks (the global loss for equal local batches)
-=====================================  ==========================================================
+:class:`MergedRun`, which answers the reader's API (``stat``, ``steps``, ``layers``,
+``scalar``, …) with the statistics of the global batch. What is exact and what is
+approximate, statistic by statistic, is tabled in ``docs/distributed.md``: in short,
+moments, extrema, counts, histograms over shared edges, and a sharded model's gradients,
+weights and updates (from the ranks' partial sums) are exact; percentiles and group
+percentiles are numel-weighted averages of the ranks'; a DDP run's gradients and module
+tensors are rank 0's; scalars are the mean over ranks.
 
 Ranks are aligned on the training steps they all recorded. :func:`rank_spread`
 summarizes how far each rank's BatchNorm batch statistics are from the pooled
@@ -40,10 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from normviz.analysis.ranks import RankSpread, global_statistics, nan0, pool_moments, rank_spread
+from normviz.analysis.ranks import (
+    RankSpread,
+    global_statistics,
+    nan0,
+    nansum_ranks,
+    pool_moments,
+    rank_spread,
+    reduce_ranks,
+)
+from normviz.analysis.shards import global_entry, pool_channel_slices, sharded_gradient, sliced_index
 from normviz.distributed import split_rank
 from normviz.errors import MissingDataError, RunFileError
+from normviz.store.layout import kept_channels
 from normviz.store.meta import RunMetadata
+from normviz.store.schema import GRAD_PARTIAL_VALUES
 
 __all__ = ["MergedRun", "RankSpread", "global_statistics", "merge_ranks", "rank_spread"]
 
@@ -126,6 +122,11 @@ class MergedRun(RunMetadata):
         self.world_size = max(r.world_size for r in self.ranks)
         self.missing_ranks = sorted(set(range(self.world_size)) - {r.rank for r in self.ranks})
         self.notes: list[str] = []
+        # Each site's entry on every rank: a tensor-parallel rank may hold a slice of its
+        # channels, or a replicated copy another rank counts (schema 1.2).
+        self._entries = {site.key: [r.sites[i] for r in self.ranks] for i, site in enumerate(first.sites)}
+        self._max_channels = int(self.meta.get("max_channels") or 0)
+        self._sites = [global_entry(entries, self._kept(entries)) for entries in self._entries.values()]
         self.refresh()
 
     # -- alignment ---------------------------------------------------------------------------------
@@ -191,23 +192,52 @@ class MergedRun(RunMetadata):
 
     @property
     def sites(self) -> list[Any]:
-        return self.ranks[0].sites
+        """The sites of the global tensors (a tensor-parallel slice's channels are the whole axis's)."""
+        return self._sites
 
     @property
     def statistics(self) -> dict[str, list[str]]:
         return self.ranks[0].statistics
 
+    def _kept(self, entries: Sequence[Any]) -> list[int]:
+        total = entries[0].global_channels
+        return kept_channels(total, self._max_channels) if total is not None else []
+
     def channel_index(self, layer: str, role: str = "output", *, call: int = 0) -> np.ndarray:
-        return self.ranks[0].channel_index(layer, role, call=call)
+        entries = self._entries.get(f"{layer}|{role}|{call}")
+        if entries is None or entries[0].global_channels is None:
+            return self.ranks[0].channel_index(layer, role, call=call)
+        return np.asarray(sliced_index(entries, self._kept(entries))[0])
 
     # -- statistics --------------------------------------------------------------------------------
     def _counts(self, layer: str, role: str, call: int, steps: slice | None, rows: Any = None) -> np.ndarray:
-        return self.per_rank("numel", layer, role, call=call, steps=steps, rows=rows)
+        """Each rank's element count of a site; 0 for a replicated copy another rank counts."""
+        n = self.per_rank("numel", layer, role, call=call, steps=steps, rows=rows)
+        entries = self._entries.get(f"{layer}|{role}|{call}")
+        if entries is not None and not all(e.counted for e in entries):
+            n = n * np.array([1.0 if e.counted else 0.0 for e in entries]).reshape((-1,) + (1,) * (n.ndim - 1))
+        return n
+
+    def _sliced_channels(self, name: str, layer: str, role: str, call: int, sel: dict[str, Any]) -> np.ndarray:
+        """Per-channel moments of a site whose ranks hold slices of its channels (tensor parallel):
+        the ranks holding one channel are pooled, and the slices put side by side on the global axis."""
+        entries = self._entries[f"{layer}|{role}|{call}"]
+        _, owners = sliced_index(entries, self._kept(entries))
+        n = self._counts(layer, role, call, **sel)
+        per_rank = [(self._read(i, lambda run, steps: run.stat("channel_mean", layer, role, call=call, steps=steps),
+                                **sel),
+                     self._read(i, lambda run, steps: run.stat("channel_var", layer, role, call=call, steps=steps),
+                                **sel)) for i in range(len(self.ranks))]
+        return pool_channel_slices(entries, owners, n, [m for m, _ in per_rank], [v for _, v in per_rank],
+                                   name)
 
     def stat(self, name: str, layer: str, role: str = "output", *, call: int = 0,
              steps: slice | None = None, rows: Any = None) -> np.ndarray:
         """A statistic of one site for the global batch (see the module docs)."""
         sel = {"steps": steps, "rows": rows}
+        entries = self._entries.get(f"{layer}|{role}|{call}")
+        if name in ("channel_mean", "channel_var") and entries is not None and entries[0].global_channels is not None:
+            return self._sliced_channels(name, layer, role, call, sel)
         if name in ("channel_mean", "channel_var", "mean", "std"):
             n = self._counts(layer, role, call, steps, rows)
             if name.startswith("channel"):
@@ -220,17 +250,19 @@ class MergedRun(RunMetadata):
             return m if name.endswith("mean") else (v if name == "channel_var" else np.sqrt(v))
         data = self.per_rank(name, layer, role, call=call, **sel)
         if name == "min":
-            return _reduce(data, np.fmin)
+            return reduce_ranks(data, np.fmin)
         if name == "max":
-            return _reduce(data, np.fmax)
+            return reduce_ranks(data, np.fmax)
+        if entries is not None and not all(e.counted for e in entries):
+            counted = np.array([e.counted for e in entries])
+            data = np.where(counted.reshape((-1,) + (1,) * (data.ndim - 1)), data, np.nan)
         if name in _EXACT_SUM:
-            return _nansum(data)
+            return nansum_ranks(data)
         if name == "output_grad_norm":
-            out = np.sqrt(_nansum(data**2)) / self.world_size
-            return out
+            return np.sqrt(nansum_ranks(data**2)) / self.data_parallel_size
         if name == "hist":
             self._check_edges(layer, role, call)
-            return _nansum(data)
+            return nansum_ranks(data)
         n = self._counts(layer, role, call, steps, rows)
         return _weighted_mean(n, data)
 
@@ -257,12 +289,50 @@ class MergedRun(RunMetadata):
                            else (steps if steps is not None else slice(None))])
         return sites, (np.stack(cols, axis=1) if cols else np.zeros((n, 0)))
 
+    @property
+    def data_parallel_size(self) -> int:
+        """How many ranks train on different data: the world size, less the mesh dimensions a
+        sharded model splits by tensor parallelism (whose ranks see the same batch)."""
+        mesh = self.meta.get("sharding", {}).get("mesh") or {}
+        split = 1
+        for dim in mesh.get("model_parallel_dims", []):
+            split *= int(mesh["shape"][dim])
+        return max(1, self.world_size // split)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the ranks trained a sharded model (DTensor parameters: FSDP2, TP, HSDP)."""
+        return "sharding" in self.ranks[0].meta
+
+    def grad_per_rank(self, name: str, *, steps: slice | None = None, rows: Any = None) -> np.ndarray:
+        """A gradient statistic on every rank, aligned: ``[ranks, steps, layers]``."""
+        return np.stack([self._read(i, lambda run, steps: run.grad(name, steps=steps)[1], steps, rows)
+                         for i in range(len(self.ranks))]).astype(np.float64)
+
     def grad(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[str], np.ndarray]:
+        """A gradient statistic of every layer with parameters (see the module docs)."""
         names, _ = self.ranks[0].grad(name, steps=slice(0, 0))
-        return names, self._read(0, lambda run, steps: run.grad(name, steps=steps)[1], steps, rows)
+        if not self.sharded:
+            return names, self._read(0, lambda run, steps: run.grad(name, steps=steps)[1], steps, rows)
+
+        partial = None
+        if GRAD_PARTIAL_VALUES in self.statistics.get("grad", []):
+            layers, offsets, _ = self.ranks[0].grad_values(GRAD_PARTIAL_VALUES, steps=slice(0, 0))
+            values = nansum_ranks(np.stack([
+                self._read(i, lambda run, steps: run.grad_values(GRAD_PARTIAL_VALUES, steps=steps)[2], steps, rows)
+                for i in range(len(self.ranks))]).astype(np.float64))
+            partial = (layers, offsets, values)
+        return names, sharded_gradient(name, names, lambda k: self.grad_per_rank(k, steps=steps, rows=rows), partial)
 
     def module_stat(self, name: str, layer: str, *, steps: slice | None = None, rows: Any = None) -> np.ndarray:
-        return self._read(0, lambda run, steps: run.module_stat(name, layer, steps=steps), steps, rows)
+        if not self.sharded:
+            return self._read(0, lambda run, steps: run.module_stat(name, layer, steps=steps), steps, rows)
+        # Each rank holds its shard of a sharded tensor, NaN elsewhere; plain tensors: rank 0's.
+        per_rank = self.module_stat_per_rank(name, layer, steps=steps, rows=rows)
+        out = per_rank[0]
+        for values in per_rank[1:]:
+            out = np.where(np.isnan(out), values, out)
+        return out
 
     def module_stat_per_rank(self, name: str, layer: str, *, steps: slice | None = None,
                              rows: Any = None) -> np.ndarray:
@@ -318,18 +388,6 @@ class MergedRun(RunMetadata):
     def __repr__(self) -> str:
         return (f"MergedRun({str(self.path)!r}, ranks={[r.rank for r in self.ranks]}, "
                 f"world_size={self.world_size}, steps={len(self.steps)})")
-
-
-def _reduce(data: np.ndarray, fn: Any) -> np.ndarray:
-    out = data[0]
-    for d in data[1:]:
-        out = fn(out, d)
-    return out
-
-
-def _nansum(data: np.ndarray) -> np.ndarray:
-    allnan = np.all(np.isnan(data), axis=0)
-    return np.where(allnan, np.nan, np.nansum(data, axis=0))
 
 
 def _weighted_mean(n: np.ndarray, data: np.ndarray) -> np.ndarray:

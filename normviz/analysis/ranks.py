@@ -16,6 +16,20 @@ def nan0(a: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a), a, 0.0)
 
 
+def reduce_ranks(data: np.ndarray, fn: Any) -> np.ndarray:
+    """``fn`` (e.g. ``np.fmax``) folded over axis 0, the ranks."""
+    out = data[0]
+    for d in data[1:]:
+        out = fn(out, d)
+    return out
+
+
+def nansum_ranks(data: np.ndarray) -> np.ndarray:
+    """The sum over axis 0 (the ranks) ignoring NaN; NaN where every rank is NaN."""
+    allnan = np.all(np.isnan(data), axis=0)
+    return np.where(allnan, np.nan, np.nansum(data, axis=0))
+
+
 def pool_moments(
     n: np.ndarray, mean: np.ndarray, var: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
