@@ -16,7 +16,7 @@ import torch
 
 import normviz
 from normviz.experiments import EXPERIMENTS, run_experiment
-from normviz.plot.save import save_figure
+from normviz.plot.save import save_all, save_figure
 from normviz.plot.style import style_context
 
 
@@ -63,3 +63,21 @@ def draw_experiment(
             run.close()
     print(out)
     return out
+
+
+def draw_run_files(script: str, files: Sequence[Path], renderer: str, *, style: str) -> Path:
+    """Open run files (the rank files of one run merged into one), draw *renderer* in *style*
+    and write ``<script stem>.png``."""
+    from normviz.merge import merge_ranks
+
+    runs = merge_ranks([normviz.open(p) for p in files])
+    try:
+        out_dir().mkdir(parents=True, exist_ok=True)
+        with style_context(style):
+            fig = normviz.plot(runs, renderer, style=style)
+            written = save_all(fig, out_dir() / Path(script).stem, ("png",))
+    finally:
+        for run in runs:
+            run.close()
+    print(*written, sep="\n")
+    return written[0]

@@ -19,13 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import normviz
-from normviz.plot.save import save_all
-from normviz.plot.style import style_context
+from _gallery import draw_run_files, quick
 
 HERE = Path(__file__).resolve().parent
-QUICK = os.environ.get("NORMVIZ_GALLERY_QUICK") == "1"
-OUT = Path(os.environ.get("NORMVIZ_GALLERY_OUT") or HERE / "images")
 NPROC = 2
 
 
@@ -38,8 +34,8 @@ def torchrun(folder: Path, *args: str) -> subprocess.Popen[bytes]:
 
 
 def main() -> Path:
-    steps = "8" if QUICK else "40"
-    batches = [8] if QUICK else [4, 32]  # global batch: 2 ranks x 2 or 2 x 16 (x 4 in quick mode)
+    steps = "8" if quick() else "40"
+    batches = [8] if quick() else [4, 32]  # global batch: 2 ranks x 2 or 2 x 16 (x 4 in quick mode)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         jobs = []
@@ -53,17 +49,7 @@ def main() -> Path:
                 if job.returncode:
                     raise SystemExit(f"torchrun failed ({job.returncode}):\n{out.decode(errors='replace')[-3000:]}")
             jobs.clear()
-        runs = [normviz.open(p) for p in sorted(folder.glob("*.h5"))]
-        try:
-            OUT.mkdir(parents=True, exist_ok=True)
-            with style_context("paper-wide"):
-                fig = normviz.plot(runs, "ranks", style="paper-wide")
-                written = save_all(fig, OUT / "plot_ddp_ranks", ("png",))
-        finally:
-            for run in runs:
-                run.close()
-    print(*written, sep="\n")
-    return written[0]
+        return draw_run_files(__file__, sorted(folder.glob("*.h5")), "ranks", style="paper-wide")
 
 
 if __name__ == "__main__":
