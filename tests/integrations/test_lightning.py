@@ -160,3 +160,33 @@ def test_rank_path():
     assert str(rank_path("out/run.h5", 0, 1)) == "out/run.h5"
     assert str(rank_path("out/run.h5", 1, 2)) == "out/run.rank1.h5"
     assert str(rank_path("out/run", 3, 4)) == "out/run.rank3.h5"
+
+
+def test_model_parallel_strategy_fsdp2_on_cpu_merges_to_the_one_device_run(tmp_path):
+    """Lightning's ModelParallelStrategy (FSDP2) runs on CPU processes; its FSDPStrategy (FSDP1)
+    refuses the CPU, so it is not tested here (see docs/integrations.md)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from normviz.merge import MergedRun, merge_ranks
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_lightning_fsdp2.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    for devices, batch in ((2, 4), (1, 8)):
+        proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--devices", str(devices),
+                               "--batch", str(batch)], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (sharded,) = merge_ranks([normviz.open(p) for p in sorted(tmp_path.glob("run-2.rank*.h5"))])
+    with normviz.open(tmp_path / "run-1.h5") as single:
+        try:
+            assert isinstance(sharded, MergedRun) and sharded.sharded and list(sharded.steps) == [0, 1, 2]
+            for stat in ("grad_norm", "weight_norm", "update_ratio"):
+                names, got = sharded.grad(stat)
+                assert names == single.grad(stat)[0]
+                np.testing.assert_allclose(got, single.grad(stat)[1], rtol=1e-5, err_msg=stat)
+            np.testing.assert_allclose(sharded.stat("channel_var", "net.1", "input"),
+                                       single.stat("channel_var", "net.1", "input"), rtol=1e-5)
+        finally:
+            sharded.close()
