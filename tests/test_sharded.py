@@ -158,6 +158,8 @@ def test_normviz_record_runs_an_fsdp2_script_under_torchrun(tmp_path):
         assert isinstance(run, MergedRun) and run.sharded and list(run.steps) == [0, 1, 2]
         names, norms = run.grad("grad_norm")
         assert names == ["0", "1", "3"] and np.isfinite(norms).all()
+        # fully_shard renames a module's class FSDPLinear: the file keeps the user's class name
+        assert [lay.module_type for lay in run.layers] == ["Linear", "LayerNorm", "Linear"]
         assert np.isfinite(run.grad("update_ratio")[1]).all()
     finally:
         run.close()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from normviz.datatypes import NormSpec, Statistic
+from normviz.record import shards
 from normviz.record import stats as S
 from normviz.record.observe import SiteState, output_channel_dim
 from normviz.record.rows import module_tensor
@@ -52,7 +53,7 @@ def describe(
         LayerEntry(
             name=name,
             kind=spec.kind if spec is not None else None,
-            module_type=type(module).__name__,
+            module_type=shards.module_type_name(module),
             channels=channels.get(name),
             calls=calls.get(name, 0),
             channel_dim=spec.channel_dim if spec is not None else output_channel_dim(module),

@@ -365,7 +365,7 @@ class Observer:
             stored = min(channels, self.max_channels)
             if stored < channels:
                 ctx_state["channel_index"] = channel_index(channels, stored, x.device)
-        site = Site(name, role, call, kind, type(module).__name__, channels, cd, stored)
+        site = Site(name, role, call, kind, shards.module_type_name(module), channels, cd, stored)
         stats = [
             s
             for s in self.statistics.values()

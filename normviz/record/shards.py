@@ -69,6 +69,17 @@ def counts_here(t: Any) -> bool:
     return all(c == 0 for c, p in zip(coord, t.placements) if p.is_replicate())
 
 
+def module_type_name(module: torch.nn.Module) -> str:
+    """The class name a user wrote: ``fully_shard`` swaps a module's class for a subclass
+    named ``FSDP<Name>``, which would name the layer differently from the unsharded run."""
+    cls = type(module)
+    if cls.__name__.startswith("FSDP") and len(cls.__bases__) > 1:
+        plain = [b for b in cls.__bases__ if not b.__name__.startswith("FSDP")]
+        if plain:
+            return plain[0].__name__
+    return cls.__name__
+
+
 def _global_rank() -> int:
     try:
         import torch.distributed as dist
