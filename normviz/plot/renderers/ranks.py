@@ -103,12 +103,13 @@ def draw(
         )
     merged = common.sort_runs(merged)
     looks = common.run_looks(merged)
+    names = [_bn_layers(run, layers) for run in merged]
+    shown = analysis.select_names(analysis.merged_order(names), None, max_layers)
+    # Only the layers drawn are measured: each costs a read of every rank's statistics.
     spreads: list[list[RankSpread]] = []
-    for run in merged:
-        names = _bn_layers(run, layers)
+    for run, run_names in zip(merged, names):
         rows = common.step_rows(run, steps)
-        spreads.append([rank_spread(run, name, steps=rows) for name in names])
-    shown = analysis.select_names(analysis.merged_order([[s.layer for s in sp] for sp in spreads]), None, max_layers)
+        spreads.append([rank_spread(run, name, steps=rows) for name in run_names if name in shown])
     if not shown:
         raise MissingDataError("ranks: no BatchNorm layer" + (f" matches {layers!r}" if layers else "")
                                + " in " + ", ".join(r.label for r in merged))

@@ -1,24 +1,9 @@
-"""Merge the per-rank files of one torchrun run — DDP, FSDP2, HSDP, tensor parallel — (pure
-NumPy on :class:`Run` objects).
-
-:func:`merge_ranks` replaces the rank files of each multi-rank run by one
-:class:`MergedRun`, which answers the reader's API (``stat``, ``steps``, ``layers``,
-``scalar``, …) with the statistics of the global batch. What is exact and what is
-approximate, statistic by statistic, is tabled in ``docs/distributed.md``: in short,
-moments, extrema, counts, histograms over shared edges, and a sharded model's gradients,
-weights and updates (from the ranks' partial sums) are exact; percentiles and group
-percentiles are numel-weighted averages of the ranks'; a DDP run's gradients and module
-tensors are rank 0's; scalars are the mean over ranks.
-
-Ranks are aligned on the training steps they all recorded. :func:`rank_spread`
-summarizes how far each rank's BatchNorm batch statistics are from the pooled
-ones.
-"""
+"""The rank files of one multi-rank run read as one run (:class:`MergedRun`); which files belong
+together is :func:`normviz.merge.merge_ranks`'s job."""
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +11,9 @@ from typing import Any
 import numpy as np
 
 from normviz.analysis.ranks import (
-    RankSpread,
-    global_statistics,
     nan0,
     nansum_ranks,
     pool_moments,
-    rank_spread,
     reduce_ranks,
 )
 from normviz.analysis.shards import global_entry, pool_channel_slices, sharded_gradient, sliced_index
@@ -41,61 +23,15 @@ from normviz.store.layout import kept_channels
 from normviz.store.meta import RunMetadata
 from normviz.store.schema import GRAD_PARTIAL_VALUES
 
-__all__ = ["MergedRun", "RankSpread", "global_statistics", "merge_ranks", "rank_spread"]
-
 _EXACT_SUM = ("numel", "nonfinite")
-_RANK_LABEL = re.compile(r"\.rank\d+$")
-
-
-def _group_key(run: Any) -> tuple[str, ...] | None:
-    if getattr(run, "world_size", 1) <= 1 or isinstance(run, MergedRun):
-        return None
-    base, rank = split_rank(run.path)
-    if rank is not None:
-        return ("file", str(Path(base).resolve()), str(run.world_size))
-    label = _RANK_LABEL.sub("", run.label)
-    return ("meta", str(Path(run.path).resolve().parent), label, str(run.experiment), str(run.world_size))
-
-
-def merge_ranks(runs: Sequence[Any]) -> list[Any]:
-    """``runs`` with the rank files of each multi-rank run replaced by one :class:`MergedRun`.
-
-    Rank files belong together when they are named ``<run>.rank<R>.h5`` in one
-    folder (:func:`normviz.distributed.rank_path`) or, otherwise, share folder,
-    label (less any ``.rank<R>``), experiment and world size. Runs of one
-    process, runs already merged, and a lone rank file are returned as they are;
-    a group with a rank twice is left unmerged, with a warning. The merged run
-    takes the place of its first member.
-    """
-    groups: dict[tuple[str, ...], list[Any]] = {}
-    for run in runs:
-        key = _group_key(run)
-        if key is not None:
-            groups.setdefault(key, []).append(run)
-    out: list[Any] = []
-    done: set[tuple[str, ...]] = set()
-    for run in runs:
-        key = _group_key(run)
-        members = groups.get(key) if key is not None else None
-        if members is None or len(members) < 2:
-            out.append(run)
-            continue
-        ranks = [m.rank for m in members]
-        if len(set(ranks)) != len(ranks):
-            warnings.warn(f"{members[0].path}: ranks {sorted(ranks)} of one run appear twice; not merged", stacklevel=2)
-            out.append(run)
-            continue
-        if key is None or key in done:
-            continue
-        done.add(key)
-        out.append(MergedRun(members))
-    return out
+#: The rank part of a label: ``ddp.rank1`` → ``ddp``.
+RANK_LABEL = re.compile(r"\.rank\d+$")
 
 
 class MergedRun(RunMetadata):
     """The rank files of one multi-rank run, read as one run of the global batch.
 
-    Answers the :class:`~normviz.store.reader.Run` API (see the module docs for
+    Answers the :class:`~normviz.store.reader.Run` API (see :mod:`normviz.merge` for
     how each statistic is merged). Extra attributes: ``ranks`` (the rank runs,
     by rank), ``missing_ranks`` (ranks of ``world_size`` not among them),
     ``notes`` (what could not be merged exactly). ``rank`` is None.
@@ -116,7 +52,7 @@ class MergedRun(RunMetadata):
         self.path = Path(base) if rank is not None else Path(first.path)
         self.meta = dict(first.meta)
         self.meta["rank"] = None
-        self.meta["label"] = _RANK_LABEL.sub("", str(first.label))
+        self.meta["label"] = RANK_LABEL.sub("", str(first.label))
         self.layout = first.layout
         self.schema_version = first.schema_version
         self.world_size = max(r.world_size for r in self.ranks)
@@ -138,6 +74,7 @@ class MergedRun(RunMetadata):
         for r in self.ranks[1:]:
             common = np.intersect1d(common, r.steps)
         self.steps: np.ndarray = np.asarray(common, dtype=np.int64)
+        self._stat_all_cache: dict[tuple[Any, ...], tuple[list[Any], np.ndarray]] = {}
         self._rows = [np.searchsorted(r.steps, self.steps) for r in self.ranks]
         sc = self.ranks[0].scalar_steps
         for r in self.ranks[1:]:
@@ -210,13 +147,18 @@ class MergedRun(RunMetadata):
         return np.asarray(sliced_index(entries, self._kept(entries))[0])
 
     # -- statistics --------------------------------------------------------------------------------
+    def _counted(self, key: str, data: np.ndarray) -> np.ndarray:
+        """``data`` ([ranks, ...]) with NaN for a replicated copy another rank counts."""
+        entries = self._entries.get(key)
+        if entries is None or all(e.counted for e in entries):
+            return data
+        counted = np.array([e.counted for e in entries]).reshape((-1,) + (1,) * (data.ndim - 1))
+        return np.where(counted, data, np.nan)
+
     def _counts(self, layer: str, role: str, call: int, steps: slice | None, rows: Any = None) -> np.ndarray:
-        """Each rank's element count of a site; 0 for a replicated copy another rank counts."""
+        """Each rank's element count of a site; NaN for a replicated copy another rank counts."""
         n = self.per_rank("numel", layer, role, call=call, steps=steps, rows=rows)
-        entries = self._entries.get(f"{layer}|{role}|{call}")
-        if entries is not None and not all(e.counted for e in entries):
-            n = n * np.array([1.0 if e.counted else 0.0 for e in entries]).reshape((-1,) + (1,) * (n.ndim - 1))
-        return n
+        return self._counted(f"{layer}|{role}|{call}", n)
 
     def _sliced_channels(self, name: str, layer: str, role: str, call: int, sel: dict[str, Any]) -> np.ndarray:
         """Per-channel moments of a site whose ranks hold slices of its channels (tensor parallel):
@@ -233,29 +175,32 @@ class MergedRun(RunMetadata):
 
     def stat(self, name: str, layer: str, role: str = "output", *, call: int = 0,
              steps: slice | None = None, rows: Any = None) -> np.ndarray:
-        """A statistic of one site for the global batch (see the module docs)."""
+        """A statistic of one site for the global batch (see :mod:`normviz.merge`)."""
         sel = {"steps": steps, "rows": rows}
         entries = self._entries.get(f"{layer}|{role}|{call}")
         if name in ("channel_mean", "channel_var") and entries is not None and entries[0].global_channels is not None:
             return self._sliced_channels(name, layer, role, call, sel)
+        return self._combine(name, layer, role, call,
+                             lambda stat: self.per_rank(stat, layer, role, call=call, **sel))
+
+    def _combine(self, name: str, layer: str, role: str, call: int, get: Any) -> np.ndarray:
+        """Merge statistic ``name`` of one site from its ranks' values, ``get(stat)`` giving
+        ``[ranks, steps, ...]`` of any statistic the merge needs."""
+        key = f"{layer}|{role}|{call}"
         if name in ("channel_mean", "channel_var", "mean", "std"):
-            n = self._counts(layer, role, call, steps, rows)
+            n = self._counted(key, get("numel"))
             if name.startswith("channel"):
-                mean = self.per_rank("channel_mean", layer, role, call=call, **sel)
-                var = self.per_rank("channel_var", layer, role, call=call, **sel)
+                mean, var = get("channel_mean"), get("channel_var")
             else:
-                mean = self.per_rank("mean", layer, role, call=call, **sel)
-                var = self.per_rank("std", layer, role, call=call, **sel) ** 2
+                mean, var = get("mean"), get("std") ** 2
             _, m, v = pool_moments(n, mean, var)
             return m if name.endswith("mean") else (v if name == "channel_var" else np.sqrt(v))
-        data = self.per_rank(name, layer, role, call=call, **sel)
+        data = get(name)
         if name == "min":
             return reduce_ranks(data, np.fmin)
         if name == "max":
             return reduce_ranks(data, np.fmax)
-        if entries is not None and not all(e.counted for e in entries):
-            counted = np.array([e.counted for e in entries])
-            data = np.where(counted.reshape((-1,) + (1,) * (data.ndim - 1)), data, np.nan)
+        data = self._counted(key, data)
         if name in _EXACT_SUM:
             return nansum_ranks(data)
         if name == "output_grad_norm":
@@ -263,8 +208,7 @@ class MergedRun(RunMetadata):
         if name == "hist":
             self._check_edges(layer, role, call)
             return nansum_ranks(data)
-        n = self._counts(layer, role, call, steps, rows)
-        return _weighted_mean(n, data)
+        return _weighted_mean(self._counted(key, get("numel")), data)
 
     def _check_edges(self, layer: str, role: str, call: int) -> None:
         edges = [np.asarray(r.hist_edges(layer, role, call=call)) for r in self.ranks]
@@ -283,11 +227,37 @@ class MergedRun(RunMetadata):
         return self.ranks[0].hist_edges(layer, role, call=call)
 
     def stat_all(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[Any], np.ndarray]:
+        """A one-value-per-site statistic of every site, merged: ``(sites, [steps, n_sites])``.
+
+        Each rank's datasets are read once for all sites (not once per site and rank), and
+        the result is kept until :meth:`refresh`: several renderers ask for the same."""
+        pick = None if rows is None else tuple(np.asarray(rows, dtype=np.int64).reshape(-1).tolist())
+        cache_key = (name, None if steps is None else (steps.start, steps.stop, steps.step), pick)
+        if cache_key in self._stat_all_cache:
+            return self._stat_all_cache[cache_key]
         sites, _ = self.ranks[0].stat_all(name, steps=slice(0, 0))
-        cols = [self.stat(name, s.layer, s.role, call=s.call, steps=steps, rows=rows) for s in sites]
-        n = len(self.steps[np.asarray(rows, dtype=np.int64).reshape(-1) if rows is not None
+        read: dict[str, tuple[dict[str, int], np.ndarray]] = {}
+
+        def get_all(stat: str) -> tuple[dict[str, int], np.ndarray]:
+            if stat not in read:
+                stat_sites, _ = self.ranks[0].stat_all(stat, steps=slice(0, 0))
+                data = np.stack([self._read(i, lambda run, steps: run.stat_all(stat, steps=steps)[1], steps, rows)
+                                 for i in range(len(self.ranks))]).astype(np.float64)
+                read[stat] = ({s.key: j for j, s in enumerate(stat_sites)}, data)
+            return read[stat]
+
+        def column(site: Any, stat: str) -> np.ndarray:
+            if stat in ("channel_mean", "channel_var"):  # several values per site: read per site
+                return self.per_rank(stat, site.layer, site.role, call=site.call, steps=steps, rows=rows)
+            where, data = get_all(stat)
+            return data[:, :, where[site.key]]
+
+        cols = [self._combine(name, s.layer, s.role, s.call, lambda stat, s=s: column(s, stat)) for s in sites]
+        n = len(self.steps[np.asarray(pick, dtype=np.int64) if pick is not None
                            else (steps if steps is not None else slice(None))])
-        return sites, (np.stack(cols, axis=1) if cols else np.zeros((n, 0)))
+        result = sites, (np.stack(cols, axis=1) if cols else np.zeros((n, 0)))
+        self._stat_all_cache[cache_key] = result
+        return result
 
     @property
     def data_parallel_size(self) -> int:
@@ -310,7 +280,7 @@ class MergedRun(RunMetadata):
                          for i in range(len(self.ranks))]).astype(np.float64)
 
     def grad(self, name: str, *, steps: slice | None = None, rows: Any = None) -> tuple[list[str], np.ndarray]:
-        """A gradient statistic of every layer with parameters (see the module docs)."""
+        """A gradient statistic of every layer with parameters (see :mod:`normviz.merge`)."""
         names, _ = self.ranks[0].grad(name, steps=slice(0, 0))
         if not self.sharded:
             return names, self._read(0, lambda run, steps: run.grad(name, steps=steps)[1], steps, rows)
