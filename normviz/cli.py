@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from normviz import __version__
-from normviz.distributed import current_rank, rank_path
+from normviz.distributed import current_rank, rank_path, split_rank
 from normviz.errors import NormvizError
 from normviz.folders import FIGURES_DIR, RUNS_DIR, collect_runs, new_run_folder, run_args, writable
 
@@ -194,7 +194,8 @@ def _record_script(
     else:
         created = new_run_folder(RUNS_DIR)
         path = created / f"{script.stem}.h5"
-    path = rank_path(path)  # <script>.rank<R>.h5 under torchrun, unchanged in one process
+    if split_rank(path)[1] is None:  # a path that names its rank already is kept as given
+        path = rank_path(path)  # <script>.rank<R>.h5 under torchrun, unchanged in one process
     if path.exists() and not overwrite:
         raise NormvizError(f"{path}: file exists; normviz never overwrites a run (use --overwrite)")
     recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem)
