@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("normviz") is None:
     sys.path.append(str(REPO))
 
+from machine import cpu_name  # noqa: E402  (benchmarks/, this script's folder)
+
 import normviz  # noqa: E402
 from normviz.experiments import models  # noqa: E402
 
@@ -740,14 +742,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def environment(variants: list[Variant], memory: PeakMemory, argv: list[str]) -> dict[str, Any]:
     versions: dict[str, str | None] = {
         "python": platform.python_version(),
@@ -763,7 +757,7 @@ def environment(variants: list[Variant], memory: PeakMemory, argv: list[str]) ->
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "command": " ".join(["python", "benchmarks/overhead.py", *argv]),
-        "machine": f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} logical CPUs",
         "torch_threads": torch.get_num_threads(),
         "malloc": (
             "glibc with " + ", ".join(f"{k}={v}" for k, v in STEADY_MALLOC.items())
