@@ -32,3 +32,20 @@ def test_gpu_overhead_script_runs_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "every=1" in proc.stdout and "KiB per recorded step" in proc.stdout
+
+
+def test_op_counts_a_step_that_is_not_recorded_dispatches_no_extra_op():
+    """benchmarks/op_counts.py runs; and a step the recorder does not record (every=10) costs no
+    tensor operation at all — its hooks are off — while a recorded one costs some."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "op_counts.py"), "--models", "seed-mlp-bn", "resnet8-bn"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| seed") or
+            line.startswith("| resnet")]
+    assert len(rows) == 2
+    for cells in rows:
+        bare, recorded, unrecorded_extra = int(cells[1]), int(cells[2]), int(cells[6])
+        assert recorded > bare > 0
+        assert unrecorded_extra == 0
