@@ -60,7 +60,8 @@ def placement_names(t: Any) -> list[str]:
 
 def counts_here(t: Any) -> bool:
     """Whether this rank adds its part of ``t`` to the merged sums: it is at coordinate 0
-    of every mesh dimension over which ``t`` is replicated (a plain tensor: always)."""
+    of every mesh dimension over which ``t`` is replicated. A plain tensor of a sharded
+    model is a whole copy on every rank: rank 0 adds it."""
     if not is_dtensor(t):
         return _global_rank() == 0  # a plain tensor of a sharded model: a full copy on every rank
     coord = t.device_mesh.get_coordinate()
