@@ -328,15 +328,16 @@ class GradientTracker:
             g = p.grad
             if g is None:
                 continue
-            if shards.is_partial(g):
-                partial.append(i)
-                local_g = shards.local(g).reshape(-1).float()
-                values.append(local_g if shards.counts_here(g) else torch.zeros_like(local_g))
-                continue
-            g = shards.local(g)
-            if not shards.is_plain(g):
-                raise TypeError(f"the gradient of a parameter of layer {self._names[self._owner[i]]!r} "
-                                f"is a {type(g).__name__}")
+            if type(g) is not torch.Tensor:  # a DTensor's or another subclass's gradient
+                if shards.is_partial(g):
+                    partial.append(i)
+                    local_g = shards.local(g).reshape(-1).float()
+                    values.append(local_g if shards.counts_here(g) else torch.zeros_like(local_g))
+                    continue
+                g = shards.local(g)
+                if not shards.is_plain(g):
+                    raise TypeError(f"the gradient of a parameter of layer {self._names[self._owner[i]]!r} "
+                                    f"is a {type(g).__name__}")
             present.append(i)
             grads.append(g)
         if partial != self._partial and self._partial:

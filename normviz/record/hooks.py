@@ -72,9 +72,11 @@ class LayerHook:
             with torch.no_grad():
                 # DTensor activations (tensor/sequence parallel) are read through their
                 # local shards, without a collective.
-                x = shards.local(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                if x is not None and type(x) is not torch.Tensor:
+                    x = shards.local(x)
                 out_t = first_tensor(output)
-                out = shards.local(out_t) if out_t is not None else None
+                out = out_t if out_t is None or type(out_t) is torch.Tensor else shards.local(out_t)
                 if obs.pending:  # left for a norm layer that is not this one: reduce it now
                     obs.complete_pending(keep=x if self.is_norm else None)
                 obs_in = None
@@ -128,7 +130,9 @@ class GradNormHook:
         if self.arming.armed:
             try:
                 with torch.no_grad():
-                    self.observer.set_result(self.key, "output_grad_norm", l2_norm(shards.local(grad)))
+                    if type(grad) is not torch.Tensor:
+                        grad = shards.local(grad)
+                    self.observer.set_result(self.key, "output_grad_norm", l2_norm(grad))
             except Exception as exc:  # noqa: BLE001 - a tensor hook that raises would stop backward
                 if self.observer.strict:
                     raise

@@ -56,12 +56,15 @@ class Packing:
         return {path: vectors[vec][:, start:start + width] for path, (vec, start, width) in self.slots.items()}
 
 
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
 def module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """A norm layer's 1-D floating-point tensor ``name`` (weight, bias, running statistics), or
     None; a sharded one (DTensor) as its global view (:func:`~normviz.record.shards.global_view`)."""
     t = getattr(module, name, None)
     if isinstance(t, torch.Tensor) and t.dim() == 1 and t.is_floating_point():
-        return shards.global_view(t)
+        return t if type(t) in _PLAIN else shards.global_view(t)
     return None
 
 
