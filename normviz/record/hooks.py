@@ -21,7 +21,7 @@ from torch import nn
 from normviz.datatypes import NormSpec
 from normviz.record import core, shards
 from normviz.record.observe import PLAIN_BATCHNORMS, Observer
-from normviz.record.reductions import l2_norm
+from normviz.record.reductions import sq_norm
 
 _BORROWING = (*PLAIN_BATCHNORMS, nn.GroupNorm, nn.LayerNorm)  # see core.borrow
 
@@ -117,7 +117,8 @@ def in_backward() -> bool:
 
 
 class GradNormHook:
-    """Tensor hook on a layer's output: the norm of the gradient flowing out of the layer."""
+    """Tensor hook on a layer's output: the norm of the gradient flowing out of the layer
+    (kept squared; the row's packing takes the square roots of all taps at once)."""
 
     __slots__ = ("arming", "observer", "key")
 
@@ -132,7 +133,8 @@ class GradNormHook:
                 with torch.no_grad():
                     if type(grad) is not torch.Tensor:
                         grad = shards.local(grad)
-                    self.observer.set_result(self.key, "output_grad_norm", l2_norm(grad))
+                    # squared: the row takes one square root for all taps (rows.SQUARED_OUTPUT_GRAD)
+                    self.observer.set_result(self.key, "output_grad_norm", sq_norm(grad))
             except Exception as exc:  # noqa: BLE001 - a tensor hook that raises would stop backward
                 if self.observer.strict:
                     raise

@@ -57,6 +57,8 @@ class Packing:
 
 
 _PLAIN = (torch.Tensor, nn.Parameter)
+#: The statistic the output-gradient taps store squared (see :class:`normviz.record.hooks.GradNormHook`).
+SQUARED_OUTPUT_GRAD = "output_grad_norm"
 
 
 def module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -211,6 +213,7 @@ class RowPacker:
             elif st.group == schema.ACT and st.name in core.HOST_FINISHED:
                 parts[vec].append(self._placeholder(st.width, vec, device))  # filled on the host
             elif st.group == schema.ACT:
+                columns = []
                 for i, r in enumerate(st.rows):
                     t = results.get(self.site_keys[r], {}).get(st.name)
                     w = st.offsets[i + 1] - st.offsets[i]
@@ -221,7 +224,14 @@ class RowPacker:
                         t = nan_fill(w, vec, device)
                     else:
                         device = t.device if device is None else device
-                    parts[vec].append(t if t.dim() == 1 else t.reshape(-1))
+                    columns.append(t if t.dim() == 1 else t.reshape(-1))
+                if st.name == SQUARED_OUTPUT_GRAD and len(columns) > 1:
+                    # The taps keep ‖g‖²: one square root for every site instead of one per tap.
+                    parts[vec].append(torch.cat(columns).sqrt_())
+                elif st.name == SQUARED_OUTPUT_GRAD:
+                    parts[vec].append(columns[0].sqrt())
+                else:
+                    parts[vec].extend(columns)
             elif st.group == schema.MODULE:
                 parts["f4"].append(self._module_block(st, device))
             elif st.group == schema.GRAD:
