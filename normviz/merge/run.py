@@ -155,17 +155,12 @@ class MergedRun(RunMetadata):
         counted = np.array([e.counted for e in entries]).reshape((-1,) + (1,) * (data.ndim - 1))
         return np.where(counted, data, np.nan)
 
-    def _counts(self, layer: str, role: str, call: int, steps: slice | None, rows: Any = None) -> np.ndarray:
-        """Each rank's element count of a site; NaN for a replicated copy another rank counts."""
-        n = self.per_rank("numel", layer, role, call=call, steps=steps, rows=rows)
-        return self._counted(f"{layer}|{role}|{call}", n)
-
     def _sliced_channels(self, name: str, layer: str, role: str, call: int, sel: dict[str, Any]) -> np.ndarray:
         """Per-channel moments of a site whose ranks hold slices of its channels (tensor parallel):
         the ranks holding one channel are pooled, and the slices put side by side on the global axis."""
         entries = self._entries[f"{layer}|{role}|{call}"]
         _, owners = sliced_index(entries, self._kept(entries))
-        n = self._counts(layer, role, call, **sel)
+        n = self._counted(f"{layer}|{role}|{call}", self.per_rank("numel", layer, role, call=call, **sel))
         per_rank = [(self._read(i, lambda run, steps: run.stat("channel_mean", layer, role, call=call, steps=steps),
                                 **sel),
                      self._read(i, lambda run, steps: run.stat("channel_var", layer, role, call=call, steps=steps),
@@ -247,8 +242,6 @@ class MergedRun(RunMetadata):
             return read[stat]
 
         def column(site: Any, stat: str) -> np.ndarray:
-            if stat in ("channel_mean", "channel_var"):  # several values per site: read per site
-                return self.per_rank(stat, site.layer, site.role, call=site.call, steps=steps, rows=rows)
             where, data = get_all(stat)
             return data[:, :, where[site.key]]
 

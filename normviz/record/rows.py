@@ -225,11 +225,9 @@ class RowPacker:
                     else:
                         device = t.device if device is None else device
                     columns.append(t if t.dim() == 1 else t.reshape(-1))
-                if st.name == SQUARED_OUTPUT_GRAD and len(columns) > 1:
+                if st.name == SQUARED_OUTPUT_GRAD:
                     # The taps keep ‖g‖²: one square root for every site instead of one per tap.
                     parts[vec].append(torch.cat(columns).sqrt_())
-                elif st.name == SQUARED_OUTPUT_GRAD:
-                    parts[vec].append(columns[0].sqrt())
                 else:
                     parts[vec].extend(columns)
             elif st.group == schema.MODULE:
