@@ -3,7 +3,8 @@
 Forward hooks are installed only while a recorded step runs: a module with any hook
 takes PyTorch's slower call path (about 10 µs a call on CPU), a cost the steps that
 are not recorded should not pay. A ``torch.compile``d model keeps its hooks throughout
-(its graph is traced with them). Every hook computes under ``no_grad``, returns None (a
+(its graph is traced with them), and its hooks take the traceable path of
+:mod:`normviz.record.compiled`. Every hook computes under ``no_grad``, returns None (a
 forward hook's return value would replace the output) and never stops training: a
 layer whose observation raises is disabled with one warning (unless the recorder was
 made with ``on_error="raise"``). A forward that runs inside backward — activation
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from normviz.datatypes import NormSpec
-from normviz.record import core, shards
+from normviz.record import compiled, core, shards
 from normviz.record.observe import PLAIN_BATCHNORMS, Observer
 from normviz.record.reductions import sq_norm
 
@@ -27,18 +28,21 @@ _BORROWING = (*PLAIN_BATCHNORMS, nn.GroupNorm, nn.LayerNorm)  # see core.borrow
 
 
 class Arming:
-    """Whether the step now running is recorded; shared by every hook and the gradient tracker."""
+    """Whether the step now running is recorded; shared by every hook and the gradient tracker.
+    ``compiled``: a compiled graph was traced with the hooks (they then stay installed)."""
 
-    __slots__ = ("armed",)
+    __slots__ = ("armed", "compiled")
 
     def __init__(self, armed: bool = True) -> None:
         self.armed = armed
+        self.compiled = False
 
 
 class LayerHook:
     """The forward hook of one module: observes its input (norm layers) and output."""
 
-    __slots__ = ("arming", "observer", "training", "name", "spec", "is_norm", "derives", "can_borrow")
+    __slots__ = ("arming", "observer", "training", "name", "spec", "is_norm", "derives", "can_borrow", "module",
+                 "compiled_id", "__weakref__")
 
     def __init__(self, arming: Arming, observer: Observer, model: nn.Module, name: str, spec: NormSpec | None,
                  module: nn.Module) -> None:
@@ -48,6 +52,7 @@ class LayerHook:
         self.name = name
         self.spec = spec
         self.is_norm = spec is not None
+        self.module = module
         # A training-mode BatchNorm's output statistics follow from its input's. Only for
         # PyTorch's own classes: SyncBatchNorm normalizes with statistics of every rank, and
         # a subclass may change forward.
@@ -57,45 +62,77 @@ class LayerHook:
             or (type(module) is nn.GroupNorm and spec.kind == "group")
         )
         self.can_borrow = type(module) in _BORROWING and spec is not None
+        self.compiled_id = compiled.register(self)
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         if not self.arming.armed or not self.training():
             return None
-        obs = self.observer
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if torch.compiler.is_compiling():  # traced by dynamo: see normviz.record.compiled
+            compiled.traced_layer(self.compiled_id, x if self.is_norm else None, first_tensor(output))
+            return None
         if in_backward():
             # A forward recomputed for backward (activation checkpointing): the step's
             # forward was recorded already; only the output-gradient tap may be missing.
             self._tap_recomputed(output)
             return None
+        obs = self.observer
         call = obs.next_call(self.name)
         try:
-            with torch.no_grad():
-                # DTensor activations (tensor/sequence parallel) are read through their
-                # local shards, without a collective.
-                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-                if x is not None and type(x) is not torch.Tensor:
-                    x = shards.local(x)
-                out_t = first_tensor(output)
-                out = out_t if out_t is None or type(out_t) is torch.Tensor else shards.local(out_t)
-                if obs.pending:  # left for a norm layer that is not this one: reduce it now
-                    obs.complete_pending(keep=x if self.is_norm else None)
-                obs_in = None
-                if self.is_norm and x is not None:
-                    borrowed = None
-                    if self.can_borrow and out is not None and module.training and out is out_t:
-                        borrowed = core.borrow(module, x, out, obs.gen(x.device))
-                    obs_in = obs.observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed,
-                                         source=args[0])
-                if out is not None:
-                    derive = obs_in if self.derives and module.training else None
-                    obs.observe(self.name, module, "output", call, out, self.spec, derive_from=derive, source=out_t)
+            out_t = first_tensor(output)
+            self._observe(module, call, x, out_t, reuse=True)
             if out_t is not None and out_t.requires_grad and torch.is_grad_enabled():
                 obs.tap(self.name, call, out_t, GradNormHook(self.arming, obs, f"{self.name}|output|{call}"))
         except Exception as exc:  # noqa: BLE001 - recording must never break training (unless asked)
-            if obs.strict:
-                raise
-            obs.disable_layer(self.name, exc)
+            self._failed(exc)
         return None
+
+    def _observe(self, module: nn.Module, call: int, x: torch.Tensor | None, out_t: torch.Tensor | None, *,
+                 reuse: bool) -> None:
+        """Observe call ``call``: the input (norm layers) and the output. ``reuse``: the tensors
+        stay valid for the rest of the step (eager), so they may be left pending or matched
+        with another site's."""
+        obs = self.observer
+        with torch.no_grad():
+            # DTensor activations (tensor/sequence parallel) are read through their
+            # local shards, without a collective.
+            source = x
+            if x is not None and type(x) is not torch.Tensor:
+                x = shards.local(x)
+            out = out_t if out_t is None or type(out_t) is torch.Tensor else shards.local(out_t)
+            if obs.pending:  # left for a norm layer that is not this one: reduce it now
+                obs.complete_pending(keep=x if self.is_norm else None)
+            obs_in = None
+            if self.is_norm and x is not None:
+                borrowed = None
+                if self.can_borrow and out is not None and module.training and out is out_t:
+                    borrowed = core.borrow(module, x, out, obs.gen(x.device))
+                obs_in = obs.observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed,
+                                     source=source, reuse=reuse)
+            if out is not None:
+                derive = obs_in if self.derives and module.training else None
+                obs.observe(self.name, module, "output", call, out, self.spec, derive_from=derive, source=out_t,
+                            reuse=reuse)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.observer.strict:
+            raise exc
+        self.observer.disable_layer(self.name, exc)
+
+    # -- called by the custom operators of a compiled model (normviz.record.compiled) ------------
+    def observe_now(self, x: torch.Tensor | None, out: torch.Tensor | None) -> int:
+        """Observe one call of the layer in a compiled graph; returns the call's index."""
+        self.arming.compiled = True  # its graph is traced with the hooks: keep them from now on
+        call = self.observer.next_call(self.name)
+        try:
+            self._observe(self.module, call, x, out, reuse=False)
+        except Exception as exc:  # noqa: BLE001 - recording must never break training (unless asked)
+            self._failed(exc)
+        return call
+
+    def keep_grad(self, grad: torch.Tensor, call: int) -> None:
+        """The output-gradient tap of call ``call`` in a compiled graph."""
+        GradNormHook(self.arming, self.observer, f"{self.name}|output|{call}")(grad)
 
     def _tap_recomputed(self, output: Any) -> None:
         """Reentrant checkpointing runs the first forward without grad: the output-gradient
@@ -146,14 +183,21 @@ class ResetCalls:
     """Root forward pre-hook: a new forward pass starts counting module calls from 0; the first
     forward after the hooks were installed also makes sure they run last (see :class:`HookSet`)."""
 
-    __slots__ = ("observer", "first", "reorder")
+    __slots__ = ("observer", "first", "reorder", "compiled_id", "__weakref__")
 
     def __init__(self, observer: Observer, reorder: Any) -> None:
         self.observer = observer
         self.first = True
         self.reorder = reorder
+        self.compiled_id = compiled.register(self)
+
+    def new_forward(self) -> None:
+        self.observer.new_forward()
 
     def __call__(self, module: nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():  # traced by dynamo: see normviz.record.compiled
+            compiled.traced_forward(self.compiled_id, first_tensor(args))
+            return None
         if self.first:
             self.first = False
             self.reorder()
@@ -205,7 +249,7 @@ class HookSet:
         self.arming.armed = armed
         if armed:
             self.install()
-        elif not self.keep:
+        elif not (self.keep or self.arming.compiled):
             self.uninstall()
 
     def install(self) -> None:

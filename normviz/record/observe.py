@@ -206,9 +206,12 @@ class Observer:
         derive_from: core.CoreObs | None = None,
         borrowed: core.Borrowed | None = None,
         source: torch.Tensor | None = None,
+        reuse: bool = True,
     ) -> core.CoreObs | None:
         """Reduce the tensor ``x`` of one site; returns its core observation (None if skipped).
-        ``source``: the tensor the module saw when ``x`` is its local shard (a DTensor)."""
+        ``source``: the tensor the module saw when ``x`` is its local shard (a DTensor).
+        ``reuse=False``: ``x`` may be overwritten once this returns (a compiled graph's
+        buffer): it is reduced now, neither left pending nor matched with another site's."""
         if name in self.disabled_layers or not x.is_floating_point() or x.numel() == 0:
             return None
         key = f"{name}|{role}|{call}"
@@ -221,19 +224,19 @@ class Observer:
         # input) is reduced once. A weak reference to the very object makes sure it is
         # the same live tensor, not a new one the allocator placed at a freed address.
         ident = (id(x), x._version, x.shape, x.dtype, st.site.channel_dim)
-        hit = self.seen.get(ident)
+        hit = self.seen.get(ident) if reuse else None
         base = hit[1] if hit is not None and hit[0]() is x else None
         gen = self.gen(x.device)
         if spec is not None and role == "input":
-            if base is None and self.pending:
+            if base is None and self.pending and reuse:
                 base = self._claim(x, ident, st, module, borrowed, gen)
             elif base is not None and _can_claim(module, x, borrowed):
                 hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
             if base is None and type(module) is nn.GroupNorm:
                 base = core.observe_instances(x, gen)
-                if base is not None:
+                if base is not None and reuse:
                     self.seen[ident] = (weakref.ref(x), base, st)
-        elif st.lazy and base is None and not st.extras:
+        elif st.lazy and base is None and not st.extras and reuse:
             # Left to the norm layer this tensor feeds (see _claim); reduced anyway if none claims it.
             self.pending[id(x)] = (key, x, x._version, st)
             return None
@@ -248,7 +251,7 @@ class Observer:
         else:
             obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed)
         out[CORE] = obs
-        if base is None:
+        if base is None and reuse:
             self.seen[ident] = (weakref.ref(x), obs, st)
         if st.extras:
             self._extras(out, x, st, obs, gen)
