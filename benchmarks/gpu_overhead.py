@@ -1,15 +1,21 @@
 """GPU overhead of normviz recording: a ResNet-50-sized CNN and a GPT-2-small-sized transformer.
 
     python benchmarks/gpu_overhead.py                 # on a CUDA machine, a few minutes
+    python benchmarks/gpu_overhead.py --compile       # also the torch.compile'd model (inductor, fullgraph)
     python benchmarks/gpu_overhead.py --device cpu --quick   # the smoke test this script is tested with
 
 For each model: bare training vs ``Recorder(every=1)`` vs ``Recorder(every=10)``, bf16
 autocast, interleaved rounds (bare, every1, every10, then rotated), warm-up excluded,
-median ms/step and the median of per-round ratios to bare. Then recorded steps under
-``torch.cuda.set_sync_debug_mode("error")`` around the forward/backward/optimizer step and,
-after the first step, around ``rec.step()``, proving that neither the hooks nor the row's
-assembly synchronise with the host, and the bytes written per recorded step. Prints the
-card's name with the figures.
+median ms/step and the median of per-round ratios to bare. On CUDA every timed step
+after a recorder's first recorded step — forward, backward, optimizer step and
+``rec.step()`` — runs under ``torch.cuda.set_sync_debug_mode("error")`` (bare steps
+too, for the same conditions): a host sync anywhere raises and is reported. Then the
+kernels a recorded step adds (CUDA kernels counted with ``torch.profiler``; on CPU the
+ATen operations of ``benchmarks/op_counts.py``) against the budget of 3 per recorded
+site + 20, and the bytes written per recorded step. With ``--compile`` the same
+comparison for ``torch.compile(model, fullgraph=True)``, bare compiled vs recorded
+compiled, with the seconds to the first step of each (compilation included). Prints
+the card's name, torch and CUDA versions with the figures.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # op_counts.py, beside this script
 
 import normviz  # noqa: E402
 
@@ -107,7 +115,9 @@ class GPT(nn.Module):
 
 
 # -- timing -----------------------------------------------------------------------------------------
-def make_case(name: str, device: torch.device, quick: bool) -> tuple[nn.Module, Callable[[], torch.Tensor], torch.optim.Optimizer]:
+def make_case(name: str, device: torch.device, quick: bool) -> tuple[nn.Module, Callable[..., torch.Tensor],
+                                                                    torch.optim.Optimizer]:
+    """The model, its loss (of the model, or of ``net``: its compiled version) and its optimizer."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     if name == "resnet50":
         model = resnet50().to(device)
@@ -116,18 +126,18 @@ def make_case(name: str, device: torch.device, quick: bool) -> tuple[nn.Module, 
         y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-        def loss_fn() -> torch.Tensor:
+        def loss_fn(net: Callable[..., torch.Tensor] = model) -> torch.Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                return F.cross_entropy(model(x), y)
+                return F.cross_entropy(net(x), y)
     else:
         seq, batch, vocab = (64, 2, 1024) if quick else (1024, 8, 50257)
         model = GPT(vocab=vocab, layers=2 if quick else 12, seq=seq).to(device)
         idx = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
 
-        def loss_fn() -> torch.Tensor:
+        def loss_fn(net: Callable[..., torch.Tensor] = model) -> torch.Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                logits = model(idx[:, :-1])
+                logits = net(idx[:, :-1])
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
     return model, loss_fn, opt
 
@@ -141,50 +151,133 @@ def time_steps(step: Callable[[], None], n: int, device: torch.device) -> float:
     sync(device)
     t = time.perf_counter()
     for _ in range(n):
-        step()
+        with no_sync_allowed(device):
+            step()
     sync(device)
     return (time.perf_counter() - t) / n
 
 
-def bench(name: str, device: torch.device, quick: bool, rounds: int, steps: int, folder: Path) -> dict[str, object]:
+class no_sync_allowed:
+    """CUDA's sync debug mode set to raise for the block (a no-op elsewhere)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self) -> None:
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def count_kernels(step: Callable[[], None], device: torch.device) -> int:
+    """Kernels one call of *step* launches (CUDA, torch.profiler), or ATen operations (CPU)."""
+    if device.type != "cuda":
+        from op_counts import OpCounter  # beside this script
+
+        counter = OpCounter()
+        with counter:
+            step()
+        return sum(counter.ops.values())
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def bench(name: str, device: torch.device, quick: bool, rounds: int, steps: int, folder: Path,
+          compiled: bool = False) -> dict[str, object]:
     model, loss_fn, opt = make_case(name, device, quick)
-    state = {"rec": None}
+    state: dict[str, normviz.Recorder | None] = {"rec": None}
+    tag = f"{name}-compiled" if compiled else name
+    # Compiled once and first called bare, so each recorder attaches to a model compiled
+    # already: dynamo must guard on module hooks (off by default) to trace their hooks in
+    # (docs/integrations.md). The first steps include compiling.
+    if compiled:
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+    net = torch.compile(model, fullgraph=True) if compiled else model
+    first_step_s: dict[str, float] = {}
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
+        loss = loss_fn(net)
         loss.backward()
         opt.step()
-        if state["rec"] is not None:
-            state["rec"].step(loss=loss)
+        rec = state["rec"]
+        if rec is not None:
+            rec.step(loss=loss)
 
     variants = {"bare": None, "every1": 1, "every10": 10}
     times: dict[str, list[float]] = {v: [] for v in variants}
     sizes: dict[str, tuple[int, int]] = {}
-    for _ in range(2):
-        step()  # warm-up (cuDNN autotune, allocator)
+    sites: dict[str, int] = {}  # sites recorded: a compiled graph without the hooks records none
+    syncs: list[str] = []
+    t0 = time.perf_counter()
+    step()  # warm-up (cuDNN autotune, allocator; compiling the bare graph)
+    sync(device)
+    first_step_s["bare"] = time.perf_counter() - t0
+    step()
     order = list(variants)
     for r in range(rounds):
         for v in order[r % 3 :] + order[: r % 3]:
             every = variants[v]
             rec = None
             if every is not None:
-                path = folder / f"{name}-{v}-{r}.h5"
+                path = folder / f"{tag}-{v}-{r}.h5"
                 rec = normviz.Recorder(model, path, every=every)
                 state["rec"] = rec
-                step()  # the first recorded step fixes the layout: excluded
-            times[v].append(time_steps(step, steps, device))
+                t0 = time.perf_counter()
+                step()  # the first recorded step fixes the layout (and compiles its graph): excluded
+                sync(device)
+                first_step_s.setdefault("recorded", time.perf_counter() - t0)
+                if every > 1:
+                    step()  # and the first one not recorded (a compiled model's other graph)
+            try:
+                times[v].append(time_steps(step, steps, device))
+            except RuntimeError as exc:  # the sync debug mode found a host sync
+                syncs.append(f"{v}: {str(exc).splitlines()[0]}")
+                sync(device)
             if rec is not None:
                 rec.close()
                 state["rec"] = None
                 with normviz.open(path) as run:
                     sizes[v] = (path.stat().st_size, len(run.steps))
+                    sites[v] = len(run.sites)
     bare = times["bare"]
-    out: dict[str, object] = {"model": name, "ms_per_step": {v: 1e3 * statistics.median(t) for v, t in times.items()}}
-    out["ratio"] = {v: statistics.median(a / b for a, b in zip(t, bare)) for v, t in times.items()}
+    out: dict[str, object] = {"model": name, "compiled": compiled,
+                              "ms_per_step": {v: 1e3 * statistics.median(t) for v, t in times.items() if t}}
+    out["ratio"] = {v: statistics.median(a / b for a, b in zip(t, bare)) for v, t in times.items() if t}
     out["bytes_per_recorded_step"] = {v: s / max(n, 1) for v, (s, n) in sizes.items()}
-    out["no_sync_in_hooks"] = check_no_sync(model, loss_fn, opt, device, folder / f"{name}-sync.h5")
+    out["sites_recorded"] = sites
+    out["first_step_s"] = first_step_s
+    out["timed_steps_sync"] = "SYNC in " + "; ".join(syncs) if syncs else (
+        "ok: no host sync in any timed step" if device.type == "cuda" else "skipped (not CUDA)")
+    # On CPU the count is of ATen operations, under a dispatch mode torch.compile does not run with.
+    if device.type == "cuda" or not compiled:
+        out["kernels"] = kernel_budget(model, step, state, device, folder / f"{tag}-kernels.h5")
+    if not compiled:
+        out["no_sync_in_hooks"] = check_no_sync(model, loss_fn, opt, device, folder / f"{tag}-sync.h5")
     return out
+
+
+def kernel_budget(model: nn.Module, step: Callable[[], None], state: dict[str, normviz.Recorder | None],
+                  device: torch.device, path: Path) -> dict[str, int]:
+    """Kernels (CPU: ATen operations) of a bare step and of a recorded one (after the first),
+    and the budget of 3 per recorded site + 20."""
+    bare = count_kernels(step, device)
+    rec = state["rec"] = normviz.Recorder(model, path, every=1)
+    step()  # the first recorded step: layout, file
+    recorded = count_kernels(step, device)
+    rec.close()
+    state["rec"] = None
+    with normviz.open(path) as run:
+        sites = len(run.sites)
+    return {"bare": bare, "recorded": recorded, "extra": recorded - bare, "sites": sites, "budget": 3 * sites + 20}
 
 
 def check_no_sync(model: nn.Module, loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer,
@@ -219,6 +312,22 @@ def check_no_sync(model: nn.Module, loss_fn: Callable[[], torch.Tensor], opt: to
     return "ok: no synchronising call in hooks (forward/backward/optimizer step) or in rec.step() after step 0"
 
 
+def summary_line(res: dict[str, Any]) -> str:
+    ms, ratio, size = res["ms_per_step"], res["ratio"], res["bytes_per_recorded_step"]
+    label = res["model"] + (" compiled" if res["compiled"] else "")
+    labels = {"bare": "bare", "every1": "every=1", "every10": "every=10"}
+    timing = " | ".join(f"{label} {ms[v]:.1f} ms ({ratio[v]:.3f}x)" for v, label in labels.items() if v in ms)
+    first = ", ".join(f"{v} {s:.1f} s" for v, s in res["first_step_s"].items())
+    k = res.get("kernels")
+    kernels = (f"extra kernels per recorded step {k['extra']} (budget {k['budget']}, {k['sites']} sites)" if k
+               else "kernels not counted (compiled, CPU)")
+    line = (f"{label:18s} {timing} | {size.get('every1', 0) / 1024:.1f} KiB per recorded step | {kernels} | "
+            f"first step: {first} | timed steps: {res['timed_steps_sync']}")
+    if "no_sync_in_hooks" in res:
+        line += f" | sync check: {res['no_sync_in_hooks']}"
+    return line
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -227,6 +336,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compile", action="store_true", help="also the torch.compile'd model (inductor, fullgraph)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -235,17 +345,15 @@ def main() -> int:
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (2 if args.quick else 10)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {card}; torch {torch.__version__}; normviz {normviz.__version__}; rounds {rounds} x {steps} steps")
+    print(f"device: {card}; torch {torch.__version__}; CUDA {torch.version.cuda}; normviz {normviz.__version__}; "
+          f"rounds {rounds} x {steps} steps")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            res = bench(name, device, args.quick, rounds, steps, Path(tmp))
-            results.append(res)
-            ms, ratio, size = res["ms_per_step"], res["ratio"], res["bytes_per_recorded_step"]
-            print(f"{name:9s} bare {ms['bare']:.1f} ms | every=1 {ms['every1']:.1f} ms ({ratio['every1']:.3f}x) | "
-                  f"every=10 {ms['every10']:.1f} ms ({ratio['every10']:.3f}x) | "
-                  f"{size.get('every1', 0) / 1024:.1f} KiB per recorded step | sync check: {res['no_sync_in_hooks']}",
-                  flush=True)
+            for compiled in (False, True) if args.compile else (False,):
+                res = bench(name, device, args.quick, rounds, steps, Path(tmp), compiled)
+                results.append(res)
+                print(summary_line(res), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": card, "results": results}, indent=2))
     return 0

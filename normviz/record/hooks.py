@@ -284,3 +284,5 @@ class HookSet:
         """Remove every hook for good."""
         self._closed = True
         self.uninstall()
+        for _, _, hook in self._hooks:
+            compiled.release(hook.compiled_id)

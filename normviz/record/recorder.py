@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ class Recorder:
         self._packer: RowPacker | None = None
         self._writer: RunWriter | None = None
         self._closed = False
+        self._warned_nothing_ran = False
         self._t0 = time.time()
 
     # -- public API ---------------------------------------------------------------------------
@@ -277,10 +279,25 @@ class Recorder:
         )
         self._writer.open(self._layout, edges)
 
+    def _warn_nothing_ran(self, step: int) -> None:
+        """Once: a step to record saw no recorded layer run a forward pass in training mode."""
+        if self._warned_nothing_ran:
+            return
+        self._warned_nothing_ran = True
+        warnings.warn(
+            f"normviz: step {step} was to be recorded, but no recorded layer ran a forward pass in training "
+            "mode; activations are recorded from the first step that runs one. If the model is torch.compile'd "
+            "and was called before the Recorder existed, its compiled graph does not call the recorder's hooks: "
+            "create the Recorder before the first call (or call torch._dynamo.reset())",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
     def _record_row(self, step: int) -> None:
         obs = self._observer
         if self._layout is None:
             if not obs.sites:
+                self._warn_nothing_ran(step)
                 return  # nothing ran in training mode yet: wait for a step that did
             self._freeze()
         assert self._packer is not None

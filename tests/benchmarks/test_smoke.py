@@ -25,13 +25,19 @@ def test_overhead_quick_mode_runs(tmp_path):
 
 
 def test_gpu_overhead_script_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_overhead.py"), "--device", "cpu", "--quick", "--models",
-         "gpt2", "--rounds", "1", "--steps", "1"],
+         "gpt2", "--rounds", "1", "--steps", "1", "--compile", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "every=1" in proc.stdout and "KiB per recorded step" in proc.stdout
+    eager, compiled = json.loads(out.read_text())["results"]
+    assert not eager["compiled"] and compiled["compiled"]
+    assert eager["kernels"]["recorded"] > eager["kernels"]["bare"] > 0
+    assert compiled["sites_recorded"] == eager["sites_recorded"]  # the compiled graph calls the hooks
+    assert compiled["sites_recorded"]["every1"] == eager["kernels"]["sites"] > 0
 
 
 def test_op_counts_a_step_that_is_not_recorded_dispatches_no_extra_op():

@@ -163,3 +163,28 @@ def test_recorder_on_the_compiled_module(tmp_path):
         rec.step()
     with normviz.open(tmp_path / "on-compiled.h5") as run:
         assert run.norm_kind == "mixed"
+
+
+def test_a_model_compiled_before_the_recorder_is_reported_not_silently_unrecorded(tmp_path, monkeypatch):
+    # Dynamo does not guard on module hooks by default: a graph compiled before the Recorder
+    # existed never calls its hooks. The recorder says so instead of writing an empty run;
+    # with hook guards on, the hooks are traced in and the run is recorded.
+    def run(path):
+        model = make_model()
+        net = torch.compile(model, backend=BACKEND, fullgraph=True)
+        net(torch.randn(4, 8))  # compiled before the recorder exists
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with normviz.Recorder(model, path) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                net(torch.randn(4, 8)).square().mean().backward()
+                opt.step()
+                rec.step()
+        with normviz.open(path) as r:
+            return len(r.sites)
+
+    with pytest.warns(RuntimeWarning, match="compiled graph does not call the recorder's hooks"):
+        assert run(tmp_path / "stale.h5") == 0
+    torch_dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False)
+    assert run(tmp_path / "guarded.h5") > 0
