@@ -132,6 +132,12 @@ class Statistic:
     default: bool = True
     dtype: str = "float32"  # storage dtype: float32, float64, int32 or int64
     fused: bool = False  # built-in core statistic: the recorder computes it batched; compute() is the reference
+    #: How the rank files of one multi-rank run combine it (:class:`normviz.merge.MergedRun`):
+    #: ``"sum"``, ``"max"``, ``"min"`` (exact for additive / extremal values), ``"mean"`` (the
+    #: ranks' values weighted by their value counts: approximate), ``"none"`` (not mergeable:
+    #: read the ranks apart), ``"exact"`` (a built-in rule of the merge, exact). Stored with
+    #: the statistic in the file.
+    merge: str = "mean"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normviz.default_plugins.histograms",
     "normviz.default_plugins.loss",
     "normviz.default_plugins.ranks",
+    "normviz.default_plugins.outliers",
 )
 
 

@@ -231,3 +231,24 @@ def santurkar_findings(run: Any) -> dict[str, float]:
         "min_cos": float(cos.min()),
         "measurements": float(cos.size),
     }
+
+
+def he_outlier_findings(run: Any, *, last: int = 1) -> dict[str, Any]:
+    """He et al. 2024's outlier features from a recorded ``he-outliers`` run: the kurtosis of
+    channel RMS (``rms_kurtosis``) of the residual stream — the inputs of the norm slots
+    (``none`` slots included), attention's QK-norms left out — at the first recorded step
+    and the mean of the ``last`` recorded steps, as its largest value over the layers, and
+    which layer holds it."""
+    sites, values = run.stat_all("rms_kurtosis")
+    cols = [i for i, s in enumerate(sites) if s.role == "input" and s.kind is not None and ".attn." not in
+            f".{s.layer}."]
+    if not cols:
+        raise ValueError(f"{run.path}: no norm-slot input with rms_kurtosis")
+    kurt = np.asarray(values, dtype=np.float64)[:, cols]
+    final = np.nanmean(kurt[-last:], axis=0)
+    return {
+        "kurtosis_init": float(np.nanmax(kurt[0])),
+        "kurtosis_final": float(np.nanmax(final)),
+        "top_layer": sites[cols[int(np.nanargmax(final))]].layer,
+        "per_layer_final": {sites[c].layer: float(v) for c, v in zip(cols, final)},
+    }

@@ -140,6 +140,14 @@ def _percentiles(ctx: S.SiteTensor) -> torch.Tensor:
     return S.quantiles(ctx.sample(), _levels(ctx, PERCENTILE_LEVELS))
 
 
+def _rms_kurtosis(ctx: S.SiteTensor) -> torch.Tensor:
+    """Kurtosis over the channels of their mean squares s_j² (the squared channel RMS):
+    mean_j(s_j⁴) / mean_j(s_j²)², between 1 (equal RMS) and the channel count (one channel)."""
+    mean_c, var_c = ctx.moments()
+    s2 = var_c + mean_c.square()
+    return (s2.square().mean() / s2.mean().square()).reshape(1)
+
+
 def _numel(ctx: S.SiteTensor) -> torch.Tensor:
     import torch
 
@@ -148,18 +156,25 @@ def _numel(ctx: S.SiteTensor) -> torch.Tensor:
 
 def _builtin_statistics() -> tuple[Statistic, ...]:
     return (
-        Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)", fused=True),
-        Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)", fused=True),
-        Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)", fused=True),
-        Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)", fused=True),
-        Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)", fused=True),
-        Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)", fused=True),
+        Statistic("channel_mean", _channel_mean, _stored, "per-channel mean (exact)", fused=True,
+                  merge="exact"),
+        Statistic("channel_var", _channel_var, _stored, "per-channel population variance (exact)", fused=True,
+                  merge="exact"),
+        Statistic("mean", lambda c: _pooled(c)[0].reshape(1), _one, "mean of all values (exact)", fused=True,
+                  merge="exact"),
+        Statistic("std", lambda c: _pooled(c)[1].reshape(1), _one, "population std of all values (exact)", fused=True,
+                  merge="exact"),
+        Statistic("min", lambda c: _extrema(c)[0].float().reshape(1), _one, "minimum (exact)", fused=True,
+                  merge="min"),
+        Statistic("max", lambda c: _extrema(c)[1].float().reshape(1), _one, "maximum (exact)", fused=True,
+                  merge="max"),
         Statistic(
             "percentiles",
             _percentiles,
             lambda s: len(PERCENTILE_LEVELS),
             f"percentiles {PERCENTILE_LEVELS} of a {SAMPLE_SIZE}-value random sample (exact on the sample)",
             fused=True,
+            merge="mean",
         ),
         Statistic(
             "hist",
@@ -169,6 +184,7 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             "overflow",
             dtype="uint16",  # counts of a 4096-value sample: 16 bits are enough, and halve the largest dataset
             fused=True,
+            merge="sum",
         ),
         Statistic(
             "nonfinite",
@@ -177,6 +193,7 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             "count of NaN and ±inf values: exactly 0 when none, >= 1 when any, else estimated from the sample",
             dtype="int64",
             fused=True,
+            merge="sum",
         ),
         Statistic(
             "numel",
@@ -185,6 +202,7 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             "number of values",
             dtype="int64",
             fused=True,
+            merge="sum",
         ),
         Statistic(
             "group_mean",
@@ -193,6 +211,7 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             f"percentiles {GROUP_LEVELS} over the normalization groups of their means",
             applies=_is_norm,
             fused=True,
+            merge="mean",
         ),
         Statistic(
             "group_scale",
@@ -201,6 +220,16 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             f"percentiles {GROUP_LEVELS} over the normalization groups of their std (RMS for rms norms)",
             applies=_is_norm,
             fused=True,
+            merge="mean",
+        ),
+        Statistic(
+            "rms_kurtosis",
+            _rms_kurtosis,
+            _one,
+            "kurtosis over all channels of each channel's RMS, mean(s^4)/mean(s^2)^2 (He et al. 2024's outlier "
+            "features; 1 = equal RMS, the channel count = one channel carries all)",
+            fused=True,
+            merge="mean",
         ),
         Statistic(
             "channel_percentiles",
@@ -208,6 +237,7 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             lambda s: s.stored_channels * len(PERCENTILE_LEVELS),
             "opt-in: per-channel percentiles from up to 1024 values per channel",
             default=False,
+            merge="mean",
         ),
         Statistic(
             "sample",
@@ -215,6 +245,7 @@ def _builtin_statistics() -> tuple[Statistic, ...]:
             lambda s: SAMPLE_SIZE,
             "opt-in: the random value sample itself",
             default=False,
+            merge="none",
         ),
     )
 

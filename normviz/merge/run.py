@@ -21,7 +21,7 @@ from normviz.distributed import split_rank
 from normviz.errors import MissingDataError, RunFileError
 from normviz.store.layout import kept_channels
 from normviz.store.meta import RunMetadata
-from normviz.store.schema import GRAD_PARTIAL_VALUES
+from normviz.store.schema import ACT, GRAD_PARTIAL_VALUES
 
 _EXACT_SUM = ("numel", "nonfinite")
 #: The rank part of a label: ``ddp.rank1`` → ``ddp``.
@@ -203,6 +203,23 @@ class MergedRun(RunMetadata):
         if name == "hist":
             self._check_edges(layer, role, call)
             return nansum_ranks(data)
+        return self._declared(name, key, data, get)
+
+    def _declared(self, name: str, key: str, data: np.ndarray, get: Any) -> np.ndarray:
+        """A statistic merged by the rule it declared (``Statistic.merge``, kept in the file)."""
+        entry = self.layout.stat(ACT, name)
+        rule = entry.attrs.get("merge", "mean") if entry is not None else "mean"
+        if rule == "sum":
+            return nansum_ranks(data)
+        if rule in ("max", "min"):
+            return reduce_ranks(data, np.fmax if rule == "max" else np.fmin)
+        if rule == "none":
+            raise MissingDataError(
+                f"{self.path}: statistic {name!r} is not mergeable across ranks; read each rank's values "
+                "(MergedRun.per_rank)", statistic=name)
+        note = f"{name}: approximate across ranks (the ranks' values weighted by their value counts)"
+        if note not in self.notes:
+            self.notes.append(note)
         return _weighted_mean(self._counted(key, get("numel")), data)
 
     def _check_edges(self, layer: str, role: str, call: int) -> None:

@@ -29,7 +29,7 @@ from normviz.record import stats as S
 #: Statistics the fused path produces (their Statistic entries are marked ``fused=True``).
 FUSED = (
     "channel_mean", "channel_var", "mean", "std", "min", "max", "percentiles", "hist", "nonfinite", "numel",
-    "group_mean", "group_scale",
+    "group_mean", "group_scale", "rms_kurtosis",
 )
 #: The fused statistics finished on the host (:mod:`normviz.record.finish`); the device
 #: row holds placeholders where they go.
@@ -302,6 +302,14 @@ class CoreAssembler:
             self._nan_obs[i] = obs
         return obs
 
+    def _rms_kurtosis(self, mean_all: torch.Tensor, var_all: torch.Tensor) -> torch.Tensor:
+        """Per site, the kurtosis over its channels of their mean squares s² = var + mean²
+        (He et al. 2024): C·Σs⁴ / (Σs²)², from the channel moments at hand (a few ops on
+        channel vectors for all sites together, no pass over the activations)."""
+        s2 = torch.addcmul(var_all, mean_all, mean_all)
+        sums = torch.zeros(2, self.n, device=self.device).index_add_(1, self.segment, torch.stack((s2, s2 * s2)))
+        return self.counts * sums[1] / sums[0].square()
+
     def blocks(self, observed: list[CoreObs | None]) -> DeviceBlocks:
         """Every fused statistic of one step: finished ones, and the host's share."""
         obs = [o if o is not None else self._missing(i) for i, o in enumerate(observed)]
@@ -314,6 +322,7 @@ class CoreAssembler:
         hi = self._zeros.scatter_reduce(0, self.segment, torch.cat([o.max_c for o in obs]), "amax", include_self=False)
         # A shifted channel sum is finite exactly when every value of the channel is.
         nonfinite = self._zeros.index_add(0, self.segment, (~torch.isfinite(mean_all)).float())
+        kurtosis = self._rms_kurtosis(mean_all, var_all)
         host = [torch.cat([o.sample for o in obs]), nonfinite]
         group_sizes: list[int] = []
         for r in self.norm_rows:
@@ -331,6 +340,7 @@ class CoreAssembler:
                 "std": std,
                 "min": lo,
                 "max": hi,
+                "rms_kurtosis": kurtosis,
             },
             host=torch.cat(host),
             group_sizes=group_sizes,

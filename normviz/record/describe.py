@@ -81,7 +81,8 @@ def describe(
     site_stats = []
     for s in statistics.values():
         rows = [st.index for st in sites if any(x.name == s.name for x in st.stats)]
-        site_stats.append(SiteStatistic(s.name, s.dtype, s.description, rows, [s.width(sites[r].site) for r in rows]))
+        site_stats.append(SiteStatistic(s.name, s.dtype, s.description, rows, [s.width(sites[r].site) for r in rows],
+                                         s.merge))
     layer_index = {e.name: i for i, e in enumerate(layer_entries)}
     module_stats: dict[str, tuple[list[int], list[int]]] = {}
     for mstat in schema.MODULE_STATS:

@@ -134,6 +134,7 @@ class SiteStatistic:
     description: str
     rows: list[int]
     widths: list[int]
+    merge: str = "mean"  # how ranks combine it (Statistic.merge)
 
 
 def _offsets(widths: list[int]) -> list[int]:
@@ -177,7 +178,7 @@ def build_layout(
             entries.append(StatEntry(group, name, dtype, rows, _offsets(widths), attrs))
 
     for s in site_stats:
-        attrs: dict[str, Any] = {"description": s.description}
+        attrs: dict[str, Any] = {"description": s.description, "merge": s.merge}
         if s.name == "percentiles":
             attrs["levels"] = list(percentile_levels)
         if s.name in ("group_mean", "group_scale"):

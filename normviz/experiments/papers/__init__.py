@@ -7,7 +7,7 @@ here) measure the paper's finding **from the recorded run** (``normviz.open(path
 the tests, ``benchmarks/papers_report.py`` and the gallery read the same numbers a
 user's ``normviz record --experiment NAME`` file holds. One module per paper builds its
 experiment: :mod:`.label_smoothing`, :mod:`.ioffe`, :mod:`.xiong`, :mod:`.wu_he`,
-:mod:`.santurkar`; ``seed-bn-ln`` is the seed's MLP (:func:`normviz.experiments.seeds.build_seed_mlp`).
+:mod:`.santurkar`, :mod:`.he`; ``seed-bn-ln`` is the seed's MLP (:func:`normviz.experiments.seeds.build_seed_mlp`).
 
 ==================  ==================  ======================================================
 experiment          kinds               what one run holds
@@ -34,6 +34,10 @@ wu-he-batch         none, batch, group  VGG-style CNN (``net.*``); every forward
 santurkar-ics       batch, none         25×10 deep linear network; scalars ``ics_l2/<layer>``,
                                         ``ics_rel/<layer>``, ``ics_cos/<layer>`` every 100 steps
 santurkar-ics-vgg   batch, none         VGG-style CNN; the same ICS scalars every 25 steps
+he-outliers         layer, none         tiny GPT on a synthetic language (:mod:`normviz.
+                                        experiments.language`); ``none``: He et al.'s
+                                        outlier-protected block (no norms, QK-norm, branch
+                                        gain 0.2, no final norm)
 ==================  ==================  ======================================================
 
 Variants that share a norm kind (the three losses, Pre- vs Post-LN) are trained side by
@@ -52,6 +56,7 @@ from typing import Any
 from normviz.analysis.correlation import spearman
 from normviz.analysis.findings import (
     final_loss,
+    he_outlier_findings,
     ioffe_findings,
     label_smoothing_findings,
     santurkar_findings,
@@ -60,6 +65,7 @@ from normviz.analysis.findings import (
     xiong_findings,
 )
 from normviz.experiments.base import Experiment, Setup
+from normviz.experiments.papers.he import build_he_outliers
 from normviz.experiments.papers.ioffe import build_ioffe
 from normviz.experiments.papers.label_smoothing import SMOOTHING_VARIANTS, SeedLabelSmoothingCE, build_label_smoothing
 from normviz.experiments.papers.santurkar import build_santurkar_dln, build_santurkar_vgg
@@ -72,6 +78,7 @@ __all__ = [
     "SMOOTHING_VARIANTS",
     "SeedLabelSmoothingCE",
     "final_loss",
+    "he_outlier_findings",
     "ioffe_findings",
     "label_smoothing_findings",
     "paper_experiment",
@@ -113,6 +120,11 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
     "santurkar-ics-vgg": (
         "Santurkar et al. 2018: gradient-based ICS of a VGG-style CNN, with and without BN",
         ("batch", "none"), 300, build_santurkar_vgg, {},
+    ),
+    "he-outliers": (
+        "He et al. 2024: outlier features (kurtosis of channel RMS) grow in a pre-LN tiny GPT, not in the "
+        "outlier-protected block without norms (lr 3e-3; try lr=1e-3; --every 50)",
+        ("layer", "none"), 1000, build_he_outliers, {},
     ),
 }
 
