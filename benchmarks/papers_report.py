@@ -309,6 +309,37 @@ def santurkar(rec: Recorder, seeds: list[int]) -> None:
         f"available here. The Fig. 4 loss-landscape measures are not implemented.\n")
 
 
+@section("he-outliers")
+def he_outliers(rec: Recorder, seeds: list[int]) -> None:
+    out("## he-outliers — He et al. 2024, outlier features in pre-norm transformers\n")
+    out("The tiny GPT of `normviz.experiments.language` (4 blocks, d 64, 4 heads, no biases) on its synthetic "
+        "language, AdamW (β 0.9/0.95, ε 1e-8, no weight decay, clipping at 1, 50 warm-up steps then constant), "
+        "1000 steps, recorded every 50. Pre-LN (`layer`) against the outlier-protected block (`none`: no "
+        "pre-norms, QK-norm, branch gain 0.2, no final norm), both at lr 3e-3, and pre-LN at lr 1e-3. The "
+        "figure is `rms_kurtosis` — the kurtosis over the 64 channels of each channel's RMS — of the residual "
+        "stream (the inputs of the norm slots), its largest value over the layers, on the training batch of "
+        "the recorded step (`he_outlier_findings`).\n")
+    rows = []
+    for seed in seeds:
+        pre = findings.he_outlier_findings(rec("he-outliers", "layer", seed, every=50))
+        protected = findings.he_outlier_findings(rec("he-outliers", "none", seed, every=50))
+        low = findings.he_outlier_findings(rec("he-outliers", "layer", seed, every=50, lr=1e-3))
+        rows.append([seed, pre["kurtosis_init"], pre["kurtosis_final"], protected["kurtosis_final"],
+                     low["kurtosis_final"], pre["kurtosis_final"] / protected["kurtosis_final"],
+                     pre["kurtosis_final"] / low["kurtosis_final"], pre["top_layer"]])
+    out(table(["seed", "pre-LN at init", "pre-LN, lr 3e-3", "protected, lr 3e-3", "pre-LN, lr 1e-3",
+               "pre-LN / protected", "lr 3e-3 / 1e-3", "largest at"], rows))
+    out(f"\n**Stated:** outlier features (kurtosis far above its initial value) emerge during training with "
+        f"pre-norm blocks (LN, RMSNorm), most with large learning rates and diagonal adaptive optimizers; "
+        f"the outlier-protected block without pre-norms keeps the kurtosis near 1 at matched loss (orders of "
+        f"magnitude at 1.2B and 7B parameters). The research pilot (same setup, probe batch, 2500 steps) had "
+        f"pre-LN 2.2–11 against ≤ 1.14 for the protected block. **Measured:** pre-LN / protected "
+        f"{span(r[5] for r in rows)}, protected {span(r[3] for r in rows)}, lr 3e-3 / 1e-3 "
+        f"{span(r[6] for r in rows)}: **reproduced** at this scale (the learning rate's effect and the "
+        f"block without norms). Not measured: Adam's ε, rotated optimizers (SOAP), the max-median ratio and "
+        f"signal propagation.\n")
+
+
 CLOSING = """## Running them
 
 ```bash
@@ -339,6 +370,8 @@ compute the figures above from a recorded run.
   percentiles are taken over each training batch of 60 (the opt-in per-channel percentile
   statistic), not over a held-out probe.
 - The seed's InstanceNorm/GroupNorm CNN is the existing `seed-cnn` experiment (not a paper one).
+- **He et al.**: a 4-block d = 64 GPT for 1000 steps instead of 130M–7B models on real text; Adam's
+  ε and rotated optimizers are not compared.
 """
 
 

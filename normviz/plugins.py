@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normviz.default_plugins.loss",
     "normviz.default_plugins.ranks",
     "normviz.default_plugins.outliers",
+    "normviz.default_plugins.rotation",
 )
 
 

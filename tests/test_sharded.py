@@ -24,7 +24,7 @@ from normviz.merge import MergedRun, merge_ranks
 
 ROOT = Path(__file__).resolve().parent
 TRAIN = ROOT / "scripts" / "train_sharded.py"
-GRAD_STATS = ("grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio")
+GRAD_STATS = ("grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio", "update_angle")
 RTOL = 1e-5
 
 

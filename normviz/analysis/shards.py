@@ -76,6 +76,15 @@ def add_partial_gradients(sums: dict[str, np.ndarray], names: list[str], layers:
         sums["grad_abs_max"][:, j] = np.fmax(sums["grad_abs_max"][:, j], np.abs(v).max(axis=1))
 
 
+def angle_between(before: np.ndarray, after: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """The angle between two vectors from their norms ‖w‖, ‖w′‖ and ‖w′ − w‖, by the half-angle
+    form that stays accurate for tiny angles (as the recorder computes it on one process)."""
+    d = before - after
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.clip((change - d) * (change + d) / (4.0 * before * after), 0.0, 1.0)
+        return 2.0 * np.arcsin(np.sqrt(s))
+
+
 def sharded_gradient(name: str, names: list[str], per_rank: Callable[[str], np.ndarray],
                      partial: tuple[list[str], list[int], np.ndarray] | None) -> np.ndarray:
     """A gradient statistic of a sharded model from its ranks' partial sums: ``per_rank(stat)``
@@ -98,4 +107,8 @@ def sharded_gradient(name: str, names: list[str], per_rank: Callable[[str], np.n
             return np.sqrt(nansum_ranks(per_rank("weight_sumsq")))
         if name == "update_ratio":
             return np.sqrt(nansum_ranks(per_rank("update_sumsq")) / nansum_ranks(per_rank("weight_sumsq")))
+        if name == "update_angle":
+            return angle_between(np.sqrt(nansum_ranks(per_rank("weight_sumsq"))),
+                                 np.sqrt(nansum_ranks(per_rank("weight_after_sumsq"))),
+                                 np.sqrt(nansum_ranks(per_rank("update_sumsq"))))
     return nansum_ranks(per_rank(name))  # the partial sums themselves, plugins' statistics: summed

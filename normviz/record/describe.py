@@ -116,9 +116,12 @@ def norm_kind_of(layers: Sequence[LayerEntry], given: str | None) -> str:
 
 def run_meta(model: nn.Module, layout: Layout, *, label: str, experiment: str | None, norm_kind: str | None,
              rank: int, world_size: int, every: int, max_channels: int, user: Mapping[str, Any],
-             sharding: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             sharding: Mapping[str, Any] | None = None, optimizer: Mapping[str, Any] | None = None,
+             feeds_norm: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The run's ``meta``: label, experiment, norm kind, rank, options, the model and the versions
-    (and, for a model with DTensor parameters, ``sharding``: its device mesh and placements)."""
+    (and, for a model with DTensor parameters, ``sharding``: its device mesh and placements;
+    ``optimizer``: its class and parameter groups; ``feeds_norm``: each layer whose output a
+    norm layer normalizes, and that norm — its weights are scale-invariant)."""
     from normviz import __version__
 
     meta = {
@@ -144,4 +147,8 @@ def run_meta(model: nn.Module, layout: Layout, *, label: str, experiment: str | 
     }
     if sharding is not None:
         meta["sharding"] = dict(sharding)
+    if optimizer is not None:
+        meta["optimizer"] = dict(optimizer)
+    if feeds_norm:
+        meta["feeds_norm"] = dict(feeds_norm)
     return meta

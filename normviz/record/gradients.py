@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from normviz.record import shards
-from normviz.record.reductions import abs_sum_max, sq_norms
+from normviz.record.optimizer import describe_optimizer, group_lrs
+from normviz.record.reductions import abs_sum_max, angle_between, sq_norms
 from normviz.store.schema import GRAD_PARTIAL_VALUES
 
 
@@ -39,7 +40,7 @@ def _has_closure(args: Any, kwargs: Any) -> bool:
 
 
 class GradientTracker:
-    """Per-layer gradient norm, mean and max |grad|, weight norm and update ratio.
+    """Per-layer gradient norm, mean and max |grad|, weight norm, update ratio and angle.
 
     ``layers``: (name, module) of the recorded layers; ``is_armed()``: whether the step
     now running is recorded (its gradients are read at its optimizer step); ``strict``:
@@ -71,6 +72,8 @@ class GradientTracker:
         self._weight_norm: torch.Tensor | None = None
         self._weight_sumsq: torch.Tensor | None = None
         self.last_lr: Any = None
+        self.last_lrs: list[Any] = []  # every parameter group's, at the last step
+        self.optimizer: dict[str, Any] | None = None  # what describe_optimizer says of it
         self._collect()
 
     def _collect(self) -> None:
@@ -200,15 +203,23 @@ class GradientTracker:
             self._ours[key] = any(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"])
         return self._ours[key]
 
+    def _seen(self, optimizer: torch.optim.Optimizer) -> None:
+        """Note the learning rates of the step (and, once, what the optimizer is)."""
+        self.last_lrs = group_lrs(optimizer)
+        self.last_lr = self.last_lrs[0] if self.last_lrs else None
+        if self.optimizer is None:
+            layer_of = {id(p): self._names[i] for p, i in zip(self._params, self._owner)}
+            self.optimizer = describe_optimizer(optimizer, layer_of)
+
     def _pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._disabled or not self._is_armed():
             if self._is_ours(optimizer):
-                self.last_lr = optimizer.param_groups[0].get("lr")
+                self._seen(optimizer)
             return None
         self._guarded(self._check_params)
         if not self._is_ours(optimizer):
             return None
-        self.last_lr = optimizer.param_groups[0].get("lr")
+        self._seen(optimizer)
         if self._params:
             self._guarded(lambda: self._before_step(args, kwargs))
         return None
@@ -253,11 +264,16 @@ class GradientTracker:
                 self._result["weight_sumsq"] = weight_sumsq
         with torch.no_grad():
             deltas = self._snapshot
-            torch._foreach_sub_(deltas, self._locals())  # old - new, in place
+            weights = self._locals()
+            torch._foreach_sub_(deltas, weights)  # old - new, in place
             layer_sq = self._per_layer(sq_norms(deltas))
+            after_sq = self._per_layer(sq_norms(weights))
             self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
+            # The rotation of each layer's weights by the step (Kosson et al. 2024's angular update).
+            self._result["update_angle"] = angle_between(self._weight_norm, after_sq.sqrt(), layer_sq.sqrt())
             if self.sharded:
                 self._result["update_sumsq"] = layer_sq
+                self._result["weight_after_sumsq"] = after_sq
 
     def _locals(self) -> list[torch.Tensor]:
         """The parameters as the statistics read them: DTensors by their local shards."""

@@ -134,6 +134,8 @@ class Observer:
         # version, site). Held until the next recorded layer runs, so they can still be reduced.
         self.pending: dict[int, tuple[str, torch.Tensor, int, SiteState]] = {}
         self.disabled_layers: set[str] = set()
+        # Layers whose output a norm layer normalizes (seen as that norm's input), and that norm.
+        self.feeds_norm: dict[str, str] = {}
         self.disabled_stats: set[str] = set()
         self.frozen = False  # the file's layout is fixed: a new site is not recorded
         self._gens: dict[torch.device, torch.Generator] = {}
@@ -228,6 +230,8 @@ class Observer:
         base = hit[1] if hit is not None and hit[0]() is x else None
         gen = self.gen(x.device)
         if spec is not None and role == "input":
+            if hit is not None and base is not None and hit[2].site.layer != name:
+                self.feeds_norm.setdefault(hit[2].site.layer, name)
             if base is None and self.pending and reuse:
                 base = self._claim(x, ident, st, module, borrowed, gen)
             elif base is not None and _can_claim(module, x, borrowed):
@@ -293,6 +297,8 @@ class Observer:
         if pending_x is not x or version != x._version or pending_st.site.channel_dim != st.site.channel_dim:
             self.pending[id(x)] = entry  # not this tensor after all: reduced by complete_pending
             return None
+        if pending_st.site.layer != st.site.layer:
+            self.feeds_norm.setdefault(pending_st.site.layer, st.site.layer)
         base = None
         if type(module) is nn.GroupNorm:
             base = core.observe_instances(x, gen)

@@ -184,6 +184,9 @@ class Recorder:
         lr = self._grads.last_lr
         if lr is not None and "lr" not in scalars:
             scalars["lr"] = lr
+        for g, group_lr in enumerate(self._grads.last_lrs[1:], start=1):  # lr/<g>: the other groups'
+            if group_lr is not None:
+                scalars.setdefault(f"lr/{g}", group_lr)
         self._scalars.add(step, time.time() - self._t0, scalars)
         self._grads.finish_update()  # if step() runs inside the optimizer's post-hooks, before ours
         armed = self._hooks.arming.armed
@@ -270,7 +273,8 @@ class Recorder:
         meta = run_meta(
             self._model, self._layout, label=self.label, experiment=self.experiment, norm_kind=self._norm_kind,
             rank=self._rank, world_size=self._world_size, every=self.every, max_channels=self.max_channels,
-            user=self._user_meta, sharding=self._grads.sharding(),
+            user=self._user_meta, sharding=self._grads.sharding(), optimizer=self._grads.optimizer,
+            feeds_norm=self._observer.feeds_norm,
         )
         flush_every, flush_secs, on_error = self._flush
         self._writer = RunWriter(

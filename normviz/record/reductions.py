@@ -57,3 +57,16 @@ def sq_norm(t: torch.Tensor) -> torch.Tensor:
         flat = t.view(-1)
         return torch.dot(flat, flat).reshape(1)
     return torch.linalg.vector_norm(t, dtype=torch.float32).square().reshape(1)
+
+
+def angle_between(before: torch.Tensor, after: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    """The angle (radians) between two vectors from their norms ``before`` = ‖w‖, ``after`` =
+    ‖w′‖ and ``change`` = ‖w′ − w‖, elementwise: θ = 2·asin(sqrt((c − (a−b))(c + (a−b)) / 4ab)).
+
+    The half-angle form stays accurate for the tiny angles of one optimizer step (1e-4 rad
+    and below), where the arccos of a float32 cosine is all rounding: (a − b) and c are both
+    known to float32's relative precision, and their difference is not formed from nearly
+    equal squares. NaN where a norm is 0."""
+    d = before - after
+    s = ((change - d) * (change + d)).clamp_min(0.0) / (4.0 * before * after)
+    return 2.0 * torch.asin(s.clamp(max=1.0).sqrt())

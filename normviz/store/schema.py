@@ -28,7 +28,9 @@ SCHEMA_NAME = "normviz.run"
 #: 1.1: ``/layout`` describes the file only (no in-memory packing fields ``vec``, ``start``).
 #: 1.2: a sharded model's (DTensor) files add the partial sums :data:`GRAD_PARTIAL_STATS`
 #: and ``meta["sharding"]`` (device mesh, placements); recomputed forwards are not recorded.
-SCHEMA_VERSION = "1.2"
+#: 1.3: ``/act/rms_kurtosis``, ``/grad/update_angle`` (and the partial sum ``weight_after_sumsq``);
+#: each ``act`` statistic's ``merge`` attribute; ``meta["optimizer"]``, ``meta["feeds_norm"]``.
+SCHEMA_VERSION = "1.3"
 SCHEMA_MAJOR = 1
 
 LAYOUT = "layout"
@@ -57,11 +59,13 @@ SCALAR_NAME_BYTES = 128
 MODULE_STATS: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
 
 #: Gradient statistics, one value per layer with parameters.
-GRAD_STATS: tuple[str, ...] = ("grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio")
+GRAD_STATS: tuple[str, ...] = (
+    "grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio", "update_angle",
+)
 #: The additive partial sums of a sharded model's layers (each rank: its local shards, a
 #: replicated tensor counted on one rank only), which the merge sums over the ranks' files.
 GRAD_PARTIAL_STATS: tuple[str, ...] = (
-    "grad_sumsq", "grad_abs_sum", "grad_count", "grad_nonfinite", "weight_sumsq", "update_sumsq",
+    "grad_sumsq", "grad_abs_sum", "grad_count", "grad_nonfinite", "weight_sumsq", "update_sumsq", "weight_after_sumsq",
 )
 #: A sharded model's gradients that hold unreduced partial sums on each rank (``Partial``
 #: placement, e.g. a sequence-parallel norm's weight): the rank's values themselves, each

@@ -7,7 +7,8 @@ here) measure the paper's finding **from the recorded run** (``normviz.open(path
 the tests, ``benchmarks/papers_report.py`` and the gallery read the same numbers a
 user's ``normviz record --experiment NAME`` file holds. One module per paper builds its
 experiment: :mod:`.label_smoothing`, :mod:`.ioffe`, :mod:`.xiong`, :mod:`.wu_he`,
-:mod:`.santurkar`, :mod:`.he`; ``seed-bn-ln`` is the seed's MLP (:func:`normviz.experiments.seeds.build_seed_mlp`).
+:mod:`.santurkar`, :mod:`.he`, :mod:`.kosson`; ``seed-bn-ln`` is the seed's MLP
+(:func:`normviz.experiments.seeds.build_seed_mlp`).
 
 ==================  ==================  ======================================================
 experiment          kinds               what one run holds
@@ -34,6 +35,8 @@ wu-he-batch         none, batch, group  VGG-style CNN (``net.*``); every forward
 santurkar-ics       batch, none         25×10 deep linear network; scalars ``ics_l2/<layer>``,
                                         ``ics_rel/<layer>``, ``ics_cos/<layer>`` every 100 steps
 santurkar-ics-vgg   batch, none         VGG-style CNN; the same ICS scalars every 25 steps
+kosson-rotation     batch, layer        MLP 64-256-256-10, hidden Linears (``fc1``, ``fc2``)
+                                        each feeding a norm; weight decay on them only
 he-outliers         layer, none         tiny GPT on a synthetic language (:mod:`normviz.
                                         experiments.language`); ``none``: He et al.'s
                                         outlier-protected block (no norms, QK-norm, branch
@@ -67,6 +70,7 @@ from normviz.analysis.findings import (
 from normviz.experiments.base import Experiment, Setup
 from normviz.experiments.papers.he import build_he_outliers
 from normviz.experiments.papers.ioffe import build_ioffe
+from normviz.experiments.papers.kosson import build_kosson
 from normviz.experiments.papers.label_smoothing import SMOOTHING_VARIANTS, SeedLabelSmoothingCE, build_label_smoothing
 from normviz.experiments.papers.santurkar import build_santurkar_dln, build_santurkar_vgg
 from normviz.experiments.papers.wu_he import build_wu_he
@@ -120,6 +124,11 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
     "santurkar-ics-vgg": (
         "Santurkar et al. 2018: gradient-based ICS of a VGG-style CNN, with and without BN",
         ("batch", "none"), 300, build_santurkar_vgg, {},
+    ),
+    "kosson-rotation": (
+        "Kosson et al. 2024: weights feeding a norm settle at the predicted angle per step (MLP, SGD with "
+        "momentum; try optimizer='adamw', weight_decay=0; --every 10)",
+        ("batch", "layer"), 3000, build_kosson, {},
     ),
     "he-outliers": (
         "He et al. 2024: outlier features (kurtosis of channel RMS) grow in a pre-LN tiny GPT, not in the "

@@ -25,7 +25,7 @@ def _default_scalars(runs: Sequence[Any]) -> list[str]:
     names: dict[str, None] = {}
     for run in runs:
         for name in run.scalar_names:
-            if name not in HIDDEN:
+            if name not in HIDDEN and not name.startswith("lr/"):  # other parameter groups' lr: on request
                 names[name] = None
     ordered = (["loss"] if "loss" in names else []) + sorted(n for n in names if n not in ("loss", "lr"))
     if "lr" in names and any(_varies(run, "lr") for run in runs):

@@ -109,18 +109,20 @@ def draw(
             ax.set_yscale("log")
     ax_max = fig.add_subplot(grid[n, 0], sharex=first_ax)
     ax_depth = fig.add_subplot(grid[n, 1])
+    order: dict[str, int] = {}  # every run's layers on one depth axis, in forward order
+    for d in data:
+        for name in d["names"]:
+            order.setdefault(name, len(order))
     for run, d, look in zip(runs, data, looks):
         values = d["values"]
-        with np.errstate(invalid="ignore"):
-            peak = np.where(np.isfinite(values), values, np.nan)
         top = np.full(len(d["steps"]), np.nan)
-        finite_rows = np.isfinite(peak).any(axis=1)
-        top[finite_rows] = np.nanmax(peak[finite_rows], axis=1)
+        finite_rows = np.isfinite(values).any(axis=1)
+        top[finite_rows] = np.nanmax(np.where(np.isfinite(values[finite_rows]), values[finite_rows], np.nan), axis=1)
         common.line(ax_max, d["steps"], top, max_points=max_points, color=look.color, linestyle=look.linestyle,
                     gid=f"{STAT}_max:{run.label}")
         common.mark_nonfinite(ax_max, d["diverged"], label=False)
         if len(values):
-            depth = np.arange(values.shape[1])
+            depth = [order[name] for name in d["names"]]
             ax_depth.plot(depth, values[-1], color=look.color, linestyle=look.linestyle, marker=look.marker,
                           markersize=3, gid=f"{STAT}_depth:{run.label}")
             ax_depth.plot(depth, values[0], color=look.color, linestyle="--", linewidth=0.8, alpha=0.6,
@@ -130,10 +132,9 @@ def draw(
     common.step_axis(ax_max)
     ax_depth.set_title("by depth, last step (dashed: first)", loc="left", fontsize="small")
     ax_depth.set_xlabel("layer (input → output)")
-    deepest = max(data, key=lambda d: len(d["names"]))
-    picks = analysis.pick_rows(len(deepest["names"]), 5)
-    ax_depth.set_xticks(picks, [deepest["names"][p] or "(root)" for p in picks], rotation=30, ha="right",
-                        fontsize="x-small")
+    names = list(order)
+    picks = analysis.pick_rows(len(names), 5)
+    ax_depth.set_xticks(picks, [names[p] or "(root)" for p in picks], rotation=30, ha="right", fontsize="x-small")
     for ax in (ax_max, ax_depth):
         ax.axhline(1.0, color="0.8", linewidth=0.6, zorder=0)  # equal channel RMS
         if common.wants_log(common.drawn_values(ax)):
