@@ -69,6 +69,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--out", type=click.Path(),
               help="Output folder (built-in experiments); FILE.h5 or an existing folder (SCRIPT).")
 @click.option("--overwrite", is_flag=True, help="Replace run files that already exist in --out.")
+@click.option("--stat", "stats", help="Opt-in statistics, comma-separated, on every layer (see `normviz plugins`).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings and errors (no progress bar, no file list).")
 def record(
     script: str | None,
@@ -82,6 +83,7 @@ def record(
     seed: int,
     out: str | None,
     overwrite: bool,
+    stats: str | None,
     quiet: bool,
 ) -> None:
     """Record runs: the built-in experiments (default: the seed's MLP and CNN) or SCRIPT.
@@ -109,9 +111,10 @@ def record(
             default = " (default)" if exp.name in DEFAULT_EXPERIMENTS else ""
             click.echo(f"{exp.name:<{width}}{','.join(exp.kinds):<40} {exp.description}{default}")
         return
+    extra = _opt_in(stats)
     if script is not None:
         _record_script(Path(script), list(script_args), out, every=every, steps=steps, seed=seed, overwrite=overwrite,
-                       quiet=quiet)
+                       quiet=quiet, statistics=extra)
         return
     names = _split(experiments) or list(DEFAULT_EXPERIMENTS)
     for name in names:
@@ -150,9 +153,13 @@ def record(
             path = folder / f"{exp.name}-{kind}.h5"
             bar.set_postfix_str(path.name)
             try:
+                options: dict[str, Any] = {"overwrite": overwrite}
+                if extra:  # the experiment's own opt-ins, and every layer for those asked for
+                    own = exp.statistics if isinstance(exp.statistics, dict) else {s: ["*"] for s in exp.statistics}
+                    options["statistics"] = {**own, **{s: ["*"] for s in extra}}
                 losses = run_experiment(
                     exp, kind, path, steps=steps, every=every, seed=seed, device=device, progress=bar.update,
-                    recorder_options={"overwrite": overwrite},
+                    recorder_options=options,
                 )
             except NormvizError:
                 raise
@@ -166,9 +173,22 @@ def record(
         raise _Failed("; ".join(failed))
 
 
+def _opt_in(stats: str | None) -> list[str]:
+    """``--stat``'s statistics, each a registered one (else one clear line)."""
+    names = _split(stats) or []
+    if names:
+        from normviz.plugins import get_plugin_host
+
+        known = get_plugin_host().statistics()
+        for name in names:
+            if name not in known:
+                raise NormvizError(f"unknown statistic {name!r} (--stat); known: {', '.join(sorted(known))}")
+    return names
+
+
 def _record_script(
     script: Path, argv: list[str], out: str | None, *, every: int, steps: int | None, seed: int, overwrite: bool,
-    quiet: bool,
+    quiet: bool, statistics: list[str] | None = None,
 ) -> None:
     """``normviz record SCRIPT -- ARGS``: run an unmodified script with recording attached."""
     from normviz.record.script import ScriptRecorder
@@ -198,7 +218,8 @@ def _record_script(
         path = rank_path(path)  # <script>.rank<R>.h5 under torchrun, unchanged in one process
     if path.exists() and not overwrite:
         raise NormvizError(f"{path}: file exists; normviz never overwrites a run (use --overwrite)")
-    recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem)
+    recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem,
+                              **({"statistics": statistics} if statistics else {}))
 
     def kept() -> str:
         return f"the {recorder.steps} steps recorded before are in {path}" if recorder.steps else "nothing was recorded"

@@ -106,6 +106,7 @@ class Site:
     channels: int
     channel_dim: int
     stored_channels: int = 0
+    heads: int = 0  # an attention module's output: its heads (normviz.record.attention), else 0
 
     @property
     def key(self) -> str:

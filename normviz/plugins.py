@@ -43,6 +43,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normviz.default_plugins.ranks",
     "normviz.default_plugins.outliers",
     "normviz.default_plugins.rotation",
+    "normviz.default_plugins.massive",
+    "normviz.default_plugins.attention",
 )
 
 

@@ -252,3 +252,43 @@ def he_outlier_findings(run: Any, *, last: int = 1) -> dict[str, Any]:
         "top_layer": sites[cols[int(np.nanargmax(final))]].layer,
         "per_layer_final": {sites[c].layer: float(v) for c, v in zip(cols, final)},
     }
+
+
+def massive_findings(run: Any, layer: str, role: str = "input", *, top: int = 3) -> dict[str, Any]:
+    """Sun et al. 2024's massive activations at one site from the opt-in ``massive_activations``:
+    the largest |x| and its ratio to the sample's median |x| at the first and the last recorded
+    step, the channel of the largest at each step, and how often the most frequent of those
+    channels holds it over the second half of the run."""
+    data = np.asarray(run.stat("massive_activations", layer, role), dtype=np.float64)
+    top1, channel, position, median = data[:, 0], data[:, top], data[:, 2 * top], data[:, 3 * top]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = top1 / median
+    half = channel[len(channel) // 2:]
+    half = half[np.isfinite(half)]
+    values, counts = np.unique(half, return_counts=True) if half.size else (np.array([np.nan]), np.array([0]))
+    return {
+        "top1_init": float(top1[0]), "top1_final": float(top1[-1]),
+        "ratio_init": float(ratio[0]), "ratio_final": float(ratio[-1]),
+        "channels": channel, "positions": position, "ratio": ratio,
+        "modal_channel": float(values[np.argmax(counts)]),
+        "modal_share": float(counts.max() / max(half.size, 1)),
+        "massive": bool(top1[-1] > 100 and ratio[-1] > 1000),  # Sun et al.'s criterion
+    }
+
+
+def attention_findings(run: Any) -> dict[str, float]:
+    """Attention-logit growth and entropy collapse from the opt-in attention statistics of every
+    attention layer: the largest logit over heads, layers and recorded steps, and the entropy at the
+    last recorded step averaged over heads and layers (and its lowest head)."""
+    sites = [run.sites[r] for r in run.layout.stat("act", "attention_max_logit").rows]
+    logit = np.stack([np.asarray(run.stat("attention_max_logit", s.layer, call=s.call), dtype=np.float64)
+                      for s in sites], axis=1)  # [steps, layers, heads]
+    entropy = np.stack([np.asarray(run.stat("attention_entropy", s.layer, call=s.call), dtype=np.float64)
+                        for s in sites], axis=1)
+    return {
+        "max_logit": float(np.nanmax(logit)),
+        "max_logit_final": float(np.nanmax(logit[-1])),
+        "entropy_final": float(np.nanmean(entropy[-1])),
+        "entropy_min_final": float(np.nanmin(entropy[-1])),
+        "entropy_init": float(np.nanmean(entropy[0])),
+    }

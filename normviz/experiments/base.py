@@ -137,14 +137,14 @@ def run_experiment(
     setup = experiment.build(kind, gen, dev)
     host = get_plugin_host(extra=[NoneSlots(setup.none_slots)] if kind == "none" else [])
     n_steps = experiment.steps if steps is None else steps
-    options = {"statistics": experiment.statistics, **(recorder_options or {})}
+    # recorder_options may replace any of these (a label telling apart runs of one kind, …)
+    options = {"statistics": experiment.statistics, "label": f"{experiment.name} {kind}", **(recorder_options or {})}
     losses: list[float] = []
     setup.model.train()
     with Recorder(
         setup.model,
         path,
         every=every,
-        label=f"{experiment.name} {kind}",
         experiment=experiment.name,
         norm_kind=kind,
         plugins=host,

@@ -89,14 +89,24 @@ class Attention(nn.Module):
         self.q_norm: nn.Module = HeadNorm(d // heads) if qk_norm else nn.Identity()
         self.k_norm: nn.Module = HeadNorm(d // heads) if qk_norm else nn.Identity()
 
+    @property
+    def normviz_heads(self) -> int:
+        """Heads, for the recorder's attention statistics (``normviz.record.attention``)."""
+        return self.heads
+
+    def _split(self, z: Tensor) -> Tensor:
+        b, t, d = z.shape
+        return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def normviz_queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor, float, bool, None]:
+        """This call's normalized (q, k), their scale, causal, no mask (the recorder's attention statistics)."""
+        q, k = self.q_norm(self._split(self.q(x))), self.k_norm(self._split(self.k(x)))
+        return q, k, q.shape[-1] ** -0.5, True, None
+
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         h = self.heads
-
-        def split(z: Tensor) -> Tensor:
-            return z.view(b, t, h, d // h).transpose(1, 2)
-
-        q, k, v = self.q_norm(split(self.q(x))), self.k_norm(split(self.k(x))), split(self.v(x))
+        q, k, v = self.q_norm(self._split(self.q(x))), self.k_norm(self._split(self.k(x))), self._split(self.v(x))
         logits = q @ k.transpose(-2, -1) / math.sqrt(d // h)
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
         weights = logits.masked_fill(mask, float("-inf")).softmax(-1)

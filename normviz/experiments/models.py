@@ -176,6 +176,19 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
+    @property
+    def normviz_heads(self) -> int:
+        """Heads, for the recorder's attention statistics (``normviz.record.attention``)."""
+        return self.n_heads
+
+    def normviz_queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor, float, bool, None]:
+        """This call's (q, k) as (B, H, T, d), their scale, causal, no mask: what the recorder's
+        attention statistics recompute the logits from."""
+        b, t, c = x.shape
+        q, k, _ = self.qkv(x).split(c, dim=2)
+        q, k = (z.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2) for z in (q, k))
+        return q, k, (c // self.n_heads) ** -0.5, True, None
+
     def forward(self, x: Tensor) -> Tensor:
         """Attend over ``x`` of shape (B, T, C), each token seeing only the past."""
         b, t, c = x.shape

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from normviz.datatypes import NormSpec
-from normviz.record import compiled, core, shards
+from normviz.record import attention, compiled, core, shards
 from normviz.record.observe import PLAIN_BATCHNORMS, Observer
 from normviz.record.reductions import sq_norm
 
@@ -42,7 +42,7 @@ class LayerHook:
     """The forward hook of one module: observes its input (norm layers) and output."""
 
     __slots__ = ("arming", "observer", "training", "name", "spec", "is_norm", "derives", "can_borrow", "module",
-                 "compiled_id", "__weakref__")
+                 "compiled_id", "attention", "__weakref__")
 
     def __init__(self, arming: Arming, observer: Observer, model: nn.Module, name: str, spec: NormSpec | None,
                  module: nn.Module) -> None:
@@ -63,8 +63,10 @@ class LayerHook:
         )
         self.can_borrow = type(module) in _BORROWING and spec is not None
         self.compiled_id = compiled.register(self)
+        # An attention module: its statistics recompute the logits from the call's inputs.
+        self.attention = attention.heads_of(module) > 0
 
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if not self.arming.armed or not self.training():
             return None
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -80,7 +82,7 @@ class LayerHook:
         call = obs.next_call(self.name)
         try:
             out_t = first_tensor(output)
-            self._observe(module, call, x, out_t, reuse=True)
+            self._observe(module, call, x, out_t, reuse=True, call_inputs=(args, kwargs) if self.attention else None)
             if out_t is not None and out_t.requires_grad and torch.is_grad_enabled():
                 obs.tap(self.name, call, out_t, GradNormHook(self.arming, obs, f"{self.name}|output|{call}"))
         except Exception as exc:  # noqa: BLE001 - recording must never break training (unless asked)
@@ -88,7 +90,7 @@ class LayerHook:
         return None
 
     def _observe(self, module: nn.Module, call: int, x: torch.Tensor | None, out_t: torch.Tensor | None, *,
-                 reuse: bool) -> None:
+                 reuse: bool, call_inputs: tuple[Any, dict[str, Any]] | None = None) -> None:
         """Observe call ``call``: the input (norm layers) and the output. ``reuse``: the tensors
         stay valid for the rest of the step (eager), so they may be left pending or matched
         with another site's."""
@@ -112,7 +114,7 @@ class LayerHook:
             if out is not None:
                 derive = obs_in if self.derives and module.training else None
                 obs.observe(self.name, module, "output", call, out, self.spec, derive_from=derive, source=out_t,
-                            reuse=reuse)
+                            reuse=reuse, call_inputs=call_inputs)
 
     def _failed(self, exc: Exception) -> None:
         if self.observer.strict:
@@ -256,8 +258,10 @@ class HookSet:
         if self._handles or self._closed:
             return
         for module, is_root, hook in self._hooks:
-            register = module.register_forward_pre_hook if is_root else module.register_forward_hook
-            self._handles.append(register(hook))
+            if is_root:
+                self._handles.append(module.register_forward_pre_hook(hook))
+            else:  # with the call's keyword arguments: attention modules' statistics read them
+                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
         self._reset.first = True
 
     def _run_last(self) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from normviz.datatypes import NormSpec, Site, Statistic
 from normviz.errors import UsageError
-from normviz.record import core, shards
+from normviz.record import attention, core, shards
 from normviz.record import stats as S
 from normviz.store.layout import kept_channels
 
@@ -209,11 +209,13 @@ class Observer:
         borrowed: core.Borrowed | None = None,
         source: torch.Tensor | None = None,
         reuse: bool = True,
+        call_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> core.CoreObs | None:
         """Reduce the tensor ``x`` of one site; returns its core observation (None if skipped).
         ``source``: the tensor the module saw when ``x`` is its local shard (a DTensor).
         ``reuse=False``: ``x`` may be overwritten once this returns (a compiled graph's
-        buffer): it is reduced now, neither left pending nor matched with another site's."""
+        buffer): it is reduced now, neither left pending nor matched with another site's.
+        ``call_inputs``: the module call's (args, kwargs), for statistics that read them."""
         if name in self.disabled_layers or not x.is_floating_point() or x.numel() == 0:
             return None
         key = f"{name}|{role}|{call}"
@@ -258,13 +260,14 @@ class Observer:
         if base is None and reuse:
             self.seen[ident] = (weakref.ref(x), obs, st)
         if st.extras:
-            self._extras(out, x, st, obs, gen)
+            self._extras(out, x, st, obs, gen, module, call_inputs)
         return obs
 
     def _extras(self, out: dict[str, Any], x: torch.Tensor, st: SiteState, obs: core.CoreObs,
-                gen: torch.Generator) -> None:
+                gen: torch.Generator, module: nn.Module,
+                call_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None) -> None:
         """The site's plugin and opt-in statistics; one that raises is disabled, training goes on."""
-        ctx = S.SiteTensor(x.detach(), st.site, st.spec, gen, st.ctx_state)
+        ctx = S.SiteTensor(x.detach(), st.site, st.spec, gen, st.ctx_state, module=module, call_inputs=call_inputs)
         # Extras share the core's sample and moments: one sample per site and step.
         ctx.share(sample=obs.sample, moments=(obs.mean_c, obs.var_c))
         for statistic in st.extras:
@@ -374,7 +377,8 @@ class Observer:
             stored = min(channels, self.max_channels)
             if stored < channels:
                 ctx_state["channel_index"] = channel_index(channels, stored, x.device)
-        site = Site(name, role, call, kind, shards.module_type_name(module), channels, cd, stored)
+        heads = attention.heads_of(module) if role == "output" else 0
+        site = Site(name, role, call, kind, shards.module_type_name(module), channels, cd, stored, heads)
         stats = [
             s
             for s in self.statistics.values()

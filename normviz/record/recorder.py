@@ -29,7 +29,7 @@ from normviz.datatypes import NormSpec
 from normviz.distributed import current_rank, shared_extrema
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
-from normviz.record import core, finish
+from normviz.record import attention, core, finish
 from normviz.record import stats as S
 from normviz.record.describe import describe, run_meta
 from normviz.record.gradients import GradientTracker
@@ -129,14 +129,18 @@ class Recorder:
         self._model = model
         self.host = plugins if plugins is not None else get_plugin_host()
         all_stats = self.host.statistics()
+        opt_in = parse_opt_in(statistics, all_stats)
         self._observer = Observer(
-            all_stats, parse_opt_in(statistics, all_stats), max_channels=self.max_channels, seed=seed,
+            all_stats, opt_in, max_channels=self.max_channels, seed=seed,
             owner=lambda name: self.host.owner("statistic", name), strict=on_error == "raise",
         )
+        # Attention modules hold no parameters of their own: recorded when their statistics are asked for.
+        wants_attention = any(name.startswith("attention_") for name in opt_in)
         self._layers: dict[str, tuple[nn.Module, NormSpec | None]] = {}
         for name, module in model.named_modules():
             spec = self.host.classify(name, module)
-            if spec is not None or any(True for _ in module.parameters(recurse=False)):
+            if spec is not None or any(True for _ in module.parameters(recurse=False)) or (
+                    wants_attention and attention.heads_of(module) > 0):
                 self._layers[name] = (module, spec)
         self._hooks = HookSet(model, self._layers, self._observer, keep=keep_hooks)
         self._grads = GradientTracker([(n, m) for n, (m, _) in self._layers.items()], lambda: self._hooks.armed,

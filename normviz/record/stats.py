@@ -216,7 +216,10 @@ class SiteTensor:
     """What a :class:`~normviz.datatypes.Statistic` sees: one site's activation.
 
     ``x`` is the detached tensor in its own dtype and layout; the float32 derived
-    quantities are computed once and shared between statistics.
+    quantities are computed once and shared between statistics. ``module`` and
+    ``call_inputs`` (the call's positional and keyword arguments; forward hooks on
+    attention modules receive the keyword ones) are for statistics that need more than
+    the tensor, such as the attention logits.
     """
 
     x: torch.Tensor
@@ -225,6 +228,8 @@ class SiteTensor:
     gen: torch.Generator
     state: dict[str, object] = field(default_factory=dict)  # kept across steps (e.g. histogram edges)
     _cache: dict[str, object] = field(default_factory=dict)  # this step only
+    module: torch.nn.Module | None = None  # the module the site belongs to
+    call_inputs: tuple[tuple[object, ...], dict[str, object]] | None = None  # its call's (args, kwargs)
 
     @property
     def channel_dim(self) -> int:

@@ -15,6 +15,8 @@ import torch
 import normviz
 from normviz.experiments import papers, run_experiment
 from normviz.experiments.language import BOS, DOT, Language, TinyGPT
+from normviz.plugins import get_plugin_host
+from normviz.testing import RendererContract
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,22 @@ def test_pre_ln_grows_outlier_features_the_protected_block_does_not(runs):
     # The residual stream's sites: every block's two norm slots and the final norm's (empty in
     # the protected block) input.
     assert len(pre["per_layer_final"]) == len(protected["per_layer_final"]) == 9
+
+
+def test_massive_activations_bookkeeping_and_what_emerges_instead(runs):
+    """papers2.md §2.4 (T10): massive activations (|x| > 100 and ~1000x the median) do not emerge
+    at this scale, and the figure says so; what does is one fixed outlier channel in the last
+    layer's residual stream, whose lead over the median grows with training."""
+    found = papers.massive_findings(runs["layer"], "norm_f")
+    assert not found["massive"]
+    assert found["modal_share"] >= 0.9  # the same channel holds the largest |x| (pilot: 100%)
+    assert found["ratio_final"] > 2 * found["ratio_init"]  # pilot: 2.9-4.3x at 2500 steps
+    protected = papers.massive_findings(runs["none"], "norm_f")
+    assert protected["ratio_final"] < found["ratio_final"]
+    fig = normviz.plot(runs["layer"], "massive")
+    gids = {line.get_gid() for ax in fig.axes for line in ax.get_lines()}
+    assert any(g and g.startswith("massive_activations_ratio:") and ":norm_f" in g for g in gids)
+    RendererContract(get_plugin_host().renderers()["massive"], list(runs.values())).check_all()
 
 
 def test_outliers_figure_draws_each_layer_of_both_runs(runs):

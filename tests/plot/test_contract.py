@@ -14,6 +14,9 @@ RENDERERS = HOST.renderers()
 BUILTIN_RENDERERS = ("covariate-shift", "channels", "gradient-flow", "histograms", "loss", "ranks")
 #: Built-ins that draw multi-rank runs only; tests/test_distributed.py runs their contract.
 MULTI_RANK = ("ranks",)
+#: Built-ins that draw opt-in statistics the standard runs lack; the tests of the experiments
+#: that record them run their contract (tests/experiments/test_he.py, test_wortsman.py).
+OPT_IN = ("massive", "attention")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def test_renderer_contract(name, contract_runs):
     contract = RendererContract(
         renderer, contract_runs.full, small=contract_runs.small, nonfinite=contract_runs.nonfinite
     )
-    if HOST.owner("renderer", name) != BUILTIN or name in MULTI_RANK:
+    if HOST.owner("renderer", name) != BUILTIN or name in MULTI_RANK + OPT_IN:
         # A third-party renderer may need data only its own models produce: the
         # plugin's own tests run the contract on its runs. Here it must at least
         # say clearly what it misses, and leave global state alone.

@@ -7,7 +7,7 @@ here) measure the paper's finding **from the recorded run** (``normviz.open(path
 the tests, ``benchmarks/papers_report.py`` and the gallery read the same numbers a
 user's ``normviz record --experiment NAME`` file holds. One module per paper builds its
 experiment: :mod:`.label_smoothing`, :mod:`.ioffe`, :mod:`.xiong`, :mod:`.wu_he`,
-:mod:`.santurkar`, :mod:`.he`, :mod:`.kosson`; ``seed-bn-ln`` is the seed's MLP
+:mod:`.santurkar`, :mod:`.he`, :mod:`.kosson`, :mod:`.wortsman`; ``seed-bn-ln`` is the seed's MLP
 (:func:`normviz.experiments.seeds.build_seed_mlp`).
 
 ==================  ==================  ======================================================
@@ -37,10 +37,14 @@ santurkar-ics       batch, none         25×10 deep linear network; scalars ``ic
 santurkar-ics-vgg   batch, none         VGG-style CNN; the same ICS scalars every 25 steps
 kosson-rotation     batch, layer        MLP 64-256-256-10, hidden Linears (``fc1``, ``fc2``)
                                         each feeding a norm; weight decay on them only
+wortsman-qk         layer               tiny GPT (below) at lr 0.1, warm-up and cosine decay;
+                                        ``qk_norm=True`` adds QK-norm; the attention
+                                        statistics of every attention layer
 he-outliers         layer, none         tiny GPT on a synthetic language (:mod:`normviz.
                                         experiments.language`); ``none``: He et al.'s
                                         outlier-protected block (no norms, QK-norm, branch
-                                        gain 0.2, no final norm)
+                                        gain 0.2, no final norm); ``massive_activations``
+                                        on the residual stream's norm slots
 ==================  ==================  ======================================================
 
 Variants that share a norm kind (the three losses, Pre- vs Post-LN) are trained side by
@@ -58,10 +62,12 @@ from typing import Any
 
 from normviz.analysis.correlation import spearman
 from normviz.analysis.findings import (
+    attention_findings,
     final_loss,
     he_outlier_findings,
     ioffe_findings,
     label_smoothing_findings,
+    massive_findings,
     santurkar_findings,
     wu_he_batch_findings,
     wu_he_fig6_findings,
@@ -73,16 +79,19 @@ from normviz.experiments.papers.ioffe import build_ioffe
 from normviz.experiments.papers.kosson import build_kosson
 from normviz.experiments.papers.label_smoothing import SMOOTHING_VARIANTS, SeedLabelSmoothingCE, build_label_smoothing
 from normviz.experiments.papers.santurkar import build_santurkar_dln, build_santurkar_vgg
+from normviz.experiments.papers.wortsman import build_wortsman
 from normviz.experiments.papers.wu_he import build_wu_he
 from normviz.experiments.papers.xiong import build_xiong
 from normviz.experiments.seeds import build_seed_mlp
 
 __all__ = [
+    "attention_findings",
     "PAPER_EXPERIMENTS",
     "SMOOTHING_VARIANTS",
     "SeedLabelSmoothingCE",
     "final_loss",
     "he_outlier_findings",
+    "massive_findings",
     "ioffe_findings",
     "label_smoothing_findings",
     "paper_experiment",
@@ -130,10 +139,16 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
         "momentum; try optimizer='adamw', weight_decay=0; --every 10)",
         ("batch", "layer"), 3000, build_kosson, {},
     ),
+    "wortsman-qk": (
+        "Wortsman/Dehghani/Zhai et al. 2023: at lr 0.1 a tiny GPT's attention logits explode and its entropy "
+        "collapses without QK-norm (try qk_norm=True: bounded)",
+        ("layer",), 300, build_wortsman, {"attention_max_logit": ["*"], "attention_entropy": ["*"]},
+    ),
     "he-outliers": (
         "He et al. 2024: outlier features (kurtosis of channel RMS) grow in a pre-LN tiny GPT, not in the "
         "outlier-protected block without norms (lr 3e-3; try lr=1e-3; --every 50)",
-        ("layer", "none"), 1000, build_he_outliers, {},
+        ("layer", "none"), 1000, build_he_outliers,
+        {"massive_activations": ["blocks.*.norm1", "blocks.*.norm2", "norm_f"]},
     ),
 }
 

@@ -12,8 +12,9 @@ sqrt(2ηλ(1−β₁)/(1+β₁)) for AdamW (:mod:`normviz.analysis.rotation`). P
    its effective learning rate is set by the hyperparameters, not by its history;
 3. the weight norm, which the equilibrium fixes too (without weight decay it only grows).
 
-The layers are those the recorder saw feeding a norm layer (``meta["feeds_norm"]``), or
-``layers``; an optimizer other than SGD and AdamW, or no weight decay, has no prediction.
+The layers are those the recorder saw feeding a norm layer (``meta["feeds_norm"]``; every
+layer with parameters in a run without one), or ``layers``; an optimizer other than SGD and
+AdamW, no weight decay, or a weight that does not feed a norm has no prediction.
 """
 
 from __future__ import annotations
@@ -39,17 +40,19 @@ def _read(run: Any, steps: Any, layers: str | None, max_steps: int) -> dict[str,
     rows = common.step_rows(run, steps)
     names, angle = run.grad(STAT, steps=rows)
     _, norm = run.grad("weight_norm", steps=rows)
+    # The layers that feed a norm (scale-invariant weights); a run without any shows them all.
     invariant = [n for n in scale_invariant_layers(run) if n in names]
-    chosen = analysis.select_names(names if layers is not None else invariant, layers)
+    chosen = analysis.select_names(names if layers is not None or not invariant else invariant, layers)
     if not chosen:
-        what = f"matches {layers!r}" if layers is not None else "feeds a norm layer"
-        raise MissingDataError(f"{run.path}: no layer with parameters {what}; layers: {names}", statistic=STAT)
+        raise MissingDataError(f"{run.path}: no layer with parameters matches {layers!r}; layers: {names}",
+                               statistic=STAT)
     x = np.asarray(run.steps[rows], dtype=np.float64)
     idx = [names.index(n) for n in chosen]
     out: dict[str, Any] = {"names": chosen}
     out["steps"], out["angle"] = analysis.block_mean(x, np.asarray(angle, dtype=np.float64)[:, idx], max_steps)
     _, out["norm"] = analysis.block_mean(x, np.asarray(norm, dtype=np.float64)[:, idx], max_steps)
-    predicted = np.stack([predicted_angles(run, n, rows) for n in chosen], axis=1)
+    predicted = np.stack([predicted_angles(run, n, rows) if n in invariant else np.full(len(x), np.nan)
+                          for n in chosen], axis=1)
     _, out["predicted"] = analysis.block_mean(x, predicted, max_steps)
     return out
 
