@@ -86,7 +86,7 @@ RENDERER = Renderer(
     description="massive activations (Sun et al. 2024): the largest |activation| per layer over training, its "
                 "ratio to the median, and which channel carries it (needs the opt-in massive_activations)",
     requires=frozenset({NAME}),
-    options=("layers", "steps", "max_layers"),
+    options=("layers", "role", "steps", "max_layers"),
 )
 
 

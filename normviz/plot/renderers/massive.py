@@ -30,7 +30,7 @@ STAT = "massive_activations"
 TOP = 3
 
 
-def _read(run: Any, steps: Any, layers: str | None) -> dict[str, Any]:
+def _read(run: Any, steps: Any, layers: str | None, role: str | None) -> dict[str, Any]:
     entry = run.layout.stat("act", STAT)
     if entry is None or STAT not in run.statistics.get("act", ()):
         raise MissingDataError(
@@ -38,6 +38,9 @@ def _read(run: Any, steps: Any, layers: str | None) -> dict[str, Any]:
             f"--stat {STAT})", statistic=STAT)
     rows = common.step_rows(run, steps)
     sites = [run.sites[r] for r in entry.rows]
+    if role is None:  # norm layers' inputs (the residual stream) when recorded there, else every site
+        role = "input" if any(s.role == "input" for s in sites) else "all"
+    sites = [s for s in sites if role == "all" or s.role == role]
     names = [f"{s.layer} {s.role}" if s.role != "output" else s.layer for s in sites]
     chosen = analysis.select_names(names, layers)
     if not chosen:
@@ -49,15 +52,19 @@ def _read(run: Any, steps: Any, layers: str | None) -> dict[str, Any]:
     return {"steps": np.asarray(run.steps[rows], dtype=np.float64), "names": chosen, "data": data}
 
 
-def draw(runs: Any, fig: Figure, *, layers: str | None = None, steps: Any = None, max_layers: int = 6) -> Figure:
+def draw(runs: Any, fig: Figure, *, layers: str | None = None, role: str | None = None, steps: Any = None,
+         max_layers: int = 6) -> Figure:
     """Draw the massive-activation figure of ``runs`` into ``fig``.
 
     Options: ``layers`` (glob over site names: the layer, followed by `` input`` for a norm
-    layer's input), ``steps`` (training steps ``"START:STOP"``), ``max_layers`` (lines per
-    run, evenly spaced in depth).
+    layer's input), ``role`` (``input``, ``output`` or ``all``; default: the norm layers'
+    inputs where recorded), ``steps`` (training steps ``"START:STOP"``), ``max_layers``
+    (lines per run, evenly spaced in depth).
     """
     runs = common.as_runs(runs)
-    data = [_read(run, steps, layers) for run in runs]
+    if role not in (None, "input", "output", "all"):
+        raise ValueError(f"massive: role must be input, output or all, not {role!r}")
+    data = [_read(run, steps, layers, role) for run in runs]
     looks = common.run_looks(runs)
     single = len(runs) == 1
     common.fit_rows(fig, 2.2)
