@@ -46,14 +46,35 @@ def draw_experiment(
 
     *options* are the renderer's options, or a function of the opened runs giving them.
     """
+    return draw_variants(script, experiment, [(kind, {}, None) for kind in kinds], renderer, style=style, dpi=dpi,
+                         steps=steps, every=every, options=options)
+
+
+def draw_variants(
+    script: str,
+    experiment: str,
+    variants: Sequence[tuple[str, dict[str, Any], str | None]],
+    renderer: str,
+    *,
+    style: str,
+    dpi: int,
+    steps: int | None,
+    every: int = 1,
+    options: Callable[[list[Any]], dict[str, Any]] | dict[str, Any] | None = None,
+) -> Path:
+    """:func:`draw_experiment` for variants of one experiment: each ``(norm kind, builder options,
+    label or None)`` is one run (the label tells apart runs that share a kind)."""
+    from normviz.experiments.papers import paper_experiment
+
     # Small models train fastest on one thread, and the numbers do not depend on the core count.
     torch.set_num_threads(1)
-    exp = EXPERIMENTS[experiment]
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
-        for kind in kinds:
-            path = Path(tmp) / f"{experiment}-{kind}.h5"
-            run_experiment(exp, kind, path, steps=steps, every=every, seed=0, device="cpu")
+        for i, (kind, builder, label) in enumerate(variants):
+            exp = paper_experiment(experiment, **builder) if builder else EXPERIMENTS[experiment]
+            path = Path(tmp) / f"{experiment}-{kind}-{i}.h5"
+            run_experiment(exp, kind, path, steps=steps, every=every, seed=0, device="cpu",
+                           recorder_options={"label": label} if label else None)
             runs.append(normviz.open(path))
         extra = options(runs) if callable(options) else dict(options or {})
         fig = normviz.plot(runs, renderer, style=style, **extra)

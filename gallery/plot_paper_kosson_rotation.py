@@ -18,38 +18,17 @@ slowly) as their norms move to the equilibrium's.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import torch
-from _gallery import out_dir, quick
-
-import normviz
-from normviz.experiments import run_experiment
-from normviz.experiments.papers import paper_experiment
-from normviz.plot.save import save_figure
-from normviz.plot.style import style_context
+from _gallery import draw_variants, quick
 
 STYLE, DPI = "paper-wide", 150
 
 
 def main() -> Path:
-    torch.set_num_threads(1)  # a small model runs fastest on one thread
-    steps = 40 if quick() else 3000
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for kind, optimizer in (("batch", "sgd"), ("layer", "adamw")):
-            path = Path(tmp) / f"kosson-{kind}-{optimizer}.h5"
-            exp = paper_experiment("kosson-rotation", steps=steps, optimizer=optimizer)
-            run_experiment(exp, kind, path, every=1 if quick() else 5, seed=0, device="cpu")
-            runs.append(normviz.open(path))
-        fig = normviz.plot(runs, "rotation", style=STYLE)
-        with style_context(STYLE):
-            out = save_figure(fig, out_dir() / f"{Path(__file__).stem}.png", "png", dpi=DPI)
-        for run in runs:
-            run.close()
-    print(out)
-    return out
+    variants = [("batch", {"optimizer": "sgd"}, None), ("layer", {"optimizer": "adamw"}, None)]
+    return draw_variants(__file__, "kosson-rotation", variants, "rotation", style=STYLE, dpi=DPI,
+                         steps=40 if quick() else 3000, every=1 if quick() else 5)
 
 
 if __name__ == "__main__":

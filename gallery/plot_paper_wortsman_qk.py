@@ -17,38 +17,17 @@ and the heads keep attending broadly.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import torch
-from _gallery import out_dir, quick
-
-import normviz
-from normviz.experiments import run_experiment
-from normviz.experiments.papers import paper_experiment
-from normviz.plot.save import save_figure
-from normviz.plot.style import style_context
+from _gallery import draw_variants, quick
 
 STYLE, DPI = "paper-wide", 150
 
 
 def main() -> Path:
-    torch.set_num_threads(1)  # a small model runs fastest on one thread
-    steps = 10 if quick() else 300
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for label, qk in (("no QK-norm", False), ("QK-norm", True)):
-            path = Path(tmp) / f"wortsman-{qk}.h5"
-            run_experiment(paper_experiment("wortsman-qk", steps=steps, qk_norm=qk), "layer", path,
-                           every=1 if quick() else 5, seed=0, device="cpu", recorder_options={"label": label})
-            runs.append(normviz.open(path))
-        fig = normviz.plot(runs, "attention", style=STYLE)
-        with style_context(STYLE):
-            out = save_figure(fig, out_dir() / f"{Path(__file__).stem}.png", "png", dpi=DPI)
-        for run in runs:
-            run.close()
-    print(out)
-    return out
+    variants = [("layer", {"qk_norm": False}, "no QK-norm"), ("layer", {"qk_norm": True}, "QK-norm")]
+    return draw_variants(__file__, "wortsman-qk", variants, "attention", style=STYLE, dpi=DPI,
+                         steps=10 if quick() else 300, every=1 if quick() else 5)
 
 
 if __name__ == "__main__":

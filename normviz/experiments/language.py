@@ -17,6 +17,8 @@ branches).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from normviz.experiments import models
 
-__all__ = ["LANGUAGE_VOCAB", "Language", "TinyGPT"]
+__all__ = ["LANGUAGE_VOCAB", "Language", "TinyGPT", "lm_loss", "lm_step"]
 
 LANGUAGE_VOCAB = 64
 BOS, DOT = 0, 1
@@ -161,3 +163,21 @@ class TinyGPT(nn.Module):
 def lm_loss(logits: Tensor, idx: Tensor) -> Tensor:
     """Next-token cross-entropy of ``logits`` (B, T, V) for the tokens ``idx`` (B, T)."""
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
+
+
+def lm_step(language: Language, gen: torch.Generator, device: torch.device, schedule: Any, *, batch: int,
+            seq_len: int) -> Callable[[nn.Module, torch.optim.Optimizer, int], Tensor]:
+    """One training step on fresh sequences of ``language``: next-token loss, gradients clipped at
+    norm 1, the optimizer's step, then the learning-rate ``schedule``'s."""
+
+    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> Tensor:
+        idx = language.sequences(batch, seq_len, gen).to(device)
+        opt.zero_grad()
+        loss = lm_loss(model(idx), idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        return loss
+
+    return step

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from recorded import record_variants
 
 import normviz
-from normviz.experiments import papers, run_experiment
+from normviz.experiments import papers
 from normviz.experiments.language import BOS, DOT, Language, TinyGPT
 from normviz.plugins import get_plugin_host
 from normviz.testing import RendererContract
@@ -21,20 +22,8 @@ from normviz.testing import RendererContract
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("he")
-    exp = papers.paper_experiment("he-outliers", steps=1001)
-    out = {}
-    try:
-        for kind in ("layer", "none"):
-            run_experiment(exp, kind, folder / f"{kind}.h5", every=100, seed=0, device="cpu")
-            out[kind] = normviz.open(folder / f"{kind}.h5")
-        yield out
-    finally:
-        torch.set_num_threads(threads)
-        for run in out.values():
-            run.close()
+    yield from record_variants(tmp_path_factory.mktemp("he"), "he-outliers", {"layer": ("layer", {}),
+                                                                           "none": ("none", {})}, every=100, steps=1001)
 
 
 def test_pre_ln_grows_outlier_features_the_protected_block_does_not(runs):

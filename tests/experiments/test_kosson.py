@@ -11,32 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from recorded import record_variants
 
 import normviz
 from normviz.analysis.rotation import equilibrium_angle, rotation_findings
-from normviz.experiments import papers, run_experiment
 
-CONFIGS = {"bn-sgd": ("batch", "sgd", None), "ln-adamw": ("layer", "adamw", None),
-           "ln-adamw-wd0": ("layer", "adamw", 0.0)}
+CONFIGS = {"bn-sgd": ("batch", {"optimizer": "sgd"}), "ln-adamw": ("layer", {"optimizer": "adamw"}),
+           "ln-adamw-wd0": ("layer", {"optimizer": "adamw", "weight_decay": 0.0})}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("kosson")
-    out = {}
-    try:
-        for name, (kind, optimizer, wd) in CONFIGS.items():
-            exp = papers.paper_experiment("kosson-rotation", optimizer=optimizer, weight_decay=wd)
-            run_experiment(exp, kind, folder / f"{name}.h5", every=5, seed=0, device="cpu")
-            out[name] = normviz.open(folder / f"{name}.h5")
-        yield out
-    finally:
-        torch.set_num_threads(threads)
-        for run in out.values():
-            run.close()
+    yield from record_variants(tmp_path_factory.mktemp("kosson"), "kosson-rotation", CONFIGS, every=5)
 
 
 def test_the_predictions():

@@ -10,32 +10,20 @@ entropy above 1 (pilot: ≥ 1.75). Control: at lr 3e-3 both stay below 15 (pilot
 from __future__ import annotations
 
 import pytest
-import torch
+from recorded import record_variants
 
 import normviz
-from normviz.experiments import papers, run_experiment
+from normviz.experiments import papers
 from normviz.plugins import get_plugin_host
 from normviz.testing import RendererContract
+
+VARIANTS = {"plain": ("layer", {}), "qk": ("layer", {"qk_norm": True}), "plain-low-lr": ("layer", {"lr": 3e-3}),
+            "qk-low-lr": ("layer", {"lr": 3e-3, "qk_norm": True})}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("wortsman")
-    out = {}
-    try:
-        for name, options in {"plain": {}, "qk": {"qk_norm": True}, "plain-low-lr": {"lr": 3e-3},
-                              "qk-low-lr": {"lr": 3e-3, "qk_norm": True}}.items():
-            exp = papers.paper_experiment("wortsman-qk", **options)
-            run_experiment(exp, "layer", folder / f"{name}.h5", every=10, seed=0, device="cpu",
-                           recorder_options={"label": name})
-            out[name] = normviz.open(folder / f"{name}.h5")
-        yield out
-    finally:
-        torch.set_num_threads(threads)
-        for run in out.values():
-            run.close()
+    yield from record_variants(tmp_path_factory.mktemp("wortsman"), "wortsman-qk", VARIANTS, every=10)
 
 
 def test_logits_explode_and_entropy_collapses_without_qk_norm(runs):

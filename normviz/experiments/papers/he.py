@@ -12,10 +12,9 @@ recorder's ``rms_kurtosis`` of the norm slots' inputs (the residual stream) is w
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from normviz.experiments.base import Setup, StepResult, identity_slots
-from normviz.experiments.language import Language, TinyGPT, lm_loss
+from normviz.experiments.base import Setup, identity_slots
+from normviz.experiments.language import Language, TinyGPT, lm_step
 
 __all__ = ["build_he_outliers"]
 
@@ -33,15 +32,5 @@ def build_he_outliers(
                     branch_gain=0.2 if protected else 1.0, final_norm=not protected).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=adam_eps, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
-
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
-        idx = language.sequences(batch, seq_len, gen).to(device)
-        opt.zero_grad()
-        loss = lm_loss(model(idx), idx)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        return loss
-
+    step = lm_step(language, gen, device, schedule, batch=batch, seq_len=seq_len)
     return Setup(model, opt, step, identity_slots(model, -1) if protected else {})

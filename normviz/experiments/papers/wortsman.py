@@ -15,10 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from normviz.experiments.base import Setup, StepResult
-from normviz.experiments.language import Language, TinyGPT, lm_loss
+from normviz.experiments.base import Setup
+from normviz.experiments.language import Language, TinyGPT, lm_step
 
 __all__ = ["build_wortsman"]
 
@@ -40,15 +39,5 @@ def build_wortsman(
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, decay_steps - warmup))))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-    def step(model: nn.Module, opt: torch.optim.Optimizer, i: int) -> StepResult:
-        idx = language.sequences(batch, seq_len, gen).to(device)
-        opt.zero_grad()
-        loss = lm_loss(model(idx), idx)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        return loss
-
+    step = lm_step(language, gen, device, schedule, batch=batch, seq_len=seq_len)
     return Setup(model, opt, step, {})
