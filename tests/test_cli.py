@@ -81,6 +81,7 @@ def test_record_list(monkeypatch, tmp_path, capsys):
         (["record", "--every", "0"], "--every"),
         (["record", "--steps", "-3"], "--steps"),
         (["record", "--device", "tpu"], "--device"),
+        (["record", "--stat", "nope"], "unknown statistic 'nope' (--stat)"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, needle, monkeypatch, tmp_path, capsys):
@@ -228,3 +229,14 @@ def test_a_file_held_open_for_writing_is_not_called_damaged(one_run, tmp_path):
     assert proc.returncode == 2
     assert "held open for writing" in proc.stderr and "damaged" not in proc.stderr
     assert "h5clear -s" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_record_stat_opts_in_on_every_layer(monkeypatch, tmp_path, capsys):
+    code, _, err = run_cli(["record", "-e", "seed-mlp", "--norm", "batch", "--steps", "2", "--out", "runs", "-q",
+                            "--stat", "massive_activations"], monkeypatch, tmp_path, capsys)
+    assert code == 0, err
+    import normviz
+
+    with normviz.open(tmp_path / "runs" / "seed-mlp-batch.h5") as run:
+        rows = run.layout.stat("act", "massive_activations").rows
+        assert len(rows) == len(run.sites)
