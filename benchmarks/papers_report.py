@@ -411,7 +411,7 @@ def he_outliers(rec: Recorder, seeds: list[int]) -> None:
     out("The opt-in `massive_activations` of the final norm's input (the last residual stream): the largest "
         "|x| over the batch, its ratio to the median |x|, and over the second half of the run how often the "
         "most frequent channel held the largest |x| (`massive_findings`).\n")
-    out(table(["seed", "pre-LN largest |x|", "ratio at init", "ratio, trained", "same channel", "channel",
+    out(table(["seed", "pre-LN largest \\|x\\|", "ratio at init", "ratio, trained", "same channel", "channel",
                "protected, ratio", "massive (> 100 and > 1000×)"], massive))
     out(f"\n**Stated:** in LLMs a handful of activations reach ~1000× the median (100,000× cited) at fixed "
         f"channels and at the first token or a delimiter, acting as attention biases; absent at initialization, "
