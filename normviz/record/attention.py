@@ -123,7 +123,7 @@ def _mha(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str,
         pad = torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad, -math.inf) \
             if pad.dtype == torch.bool else pad.to(q.dtype)
         mask = pad if mask is None else mask + pad
-    causal = bool(_input(args, kwargs, "is_causal", 6)) and attn_mask is None
+    causal = bool(_input(args, kwargs, "is_causal", 7)) and attn_mask is None
     if mask is not None and mask.shape[-1] != s:  # add_bias_kv's extra key: never masked
         mask = F.pad(mask, (0, s - mask.shape[-1]))
     return q, k, 1 / math.sqrt(e // h), causal, mask
