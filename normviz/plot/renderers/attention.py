@@ -33,7 +33,7 @@ def _read(run: Any, steps: Any, layers: str | None) -> dict[str, Any]:
     if entry is None or LOGIT not in recorded or ENTROPY not in recorded:
         raise MissingDataError(
             f"{run.path}: no attention statistics ({LOGIT!r}, {ENTROPY!r}) in this run: they are opt-in "
-            f"(Recorder(statistics=[{LOGIT!r}, {ENTROPY!r}]))", statistic=LOGIT)
+            f"(Recorder(statistics=[{LOGIT!r}, {ENTROPY!r}]) or --stat {LOGIT},{ENTROPY})", statistic=LOGIT)
     rows = common.step_rows(run, steps)
     sites = [run.sites[r] for r in entry.rows]
     names = analysis.select_names([s.layer for s in sites], layers)

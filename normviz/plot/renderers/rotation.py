@@ -82,6 +82,7 @@ def draw(
     single = len(runs) == 1
     handles: list[Line2D] = []
     labels: list[str] = []
+    predicted_any = any(np.isfinite(d["predicted"]).any() for d in data)
     for run, d, look in zip(runs, data, looks):
         shown = analysis.select_names(d["names"], None, max_layers)
         colors = common.shades(look.color, len(shown))
@@ -101,12 +102,13 @@ def draw(
     ax_a.set_ylabel("radians")
     if common.wants_log(common.drawn_values(ax_a), ratio=5.0):
         ax_a.set_yscale("log")
-    ax_r.axhspan(0.8, 1.25, color="0.92", zorder=0)
-    ax_r.axhline(1.0, color="0.6", linewidth=0.6, zorder=0)
     ax_r.set_title("measured / predicted", loc="left", fontsize="small")
-    ax_r.set_ylabel("ratio")
-    if not np.isfinite(common.drawn_values(ax_r)).any():
-        common.no_data(ax_r, "no prediction: SGD or AdamW with weight decay only")
+    if predicted_any:
+        ax_r.axhspan(0.8, 1.25, color="0.92", zorder=0)
+        ax_r.axhline(1.0, color="0.6", linewidth=0.6, zorder=0)
+        ax_r.set_ylabel("ratio")
+    else:
+        common.no_data(ax_r, "no prediction: it needs weights that feed a norm,\nSGD or AdamW, and weight decay")
     ax_n.set_title("weight norm", loc="left", fontsize="small")
     ax_n.set_ylabel("‖w‖")
     common.step_axis(ax_n)
