@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "normviz.default_plugins.rotation",
     "normviz.default_plugins.massive",
     "normviz.default_plugins.attention",
+    "normviz.default_plugins.bn_gap",
 )
 
 
