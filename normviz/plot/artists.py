@@ -8,6 +8,7 @@ empty panel that says why; :func:`drawn_values`, :func:`positive` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -94,3 +95,9 @@ def step_axis(ax: Axes) -> None:
 
     ax.set_xlabel("training step")
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+
+
+def depth_ticks(ax: Axes, names: Sequence[str], n: int) -> None:
+    """At most ``n`` layer names as the x tick labels of a panel drawn against depth."""
+    picks = analysis.pick_rows(len(names), n)
+    ax.set_xticks(picks, [names[p] or "(root)" for p in picks], rotation=30, ha="right", fontsize="x-small")

@@ -25,6 +25,7 @@ back from it) and :mod:`normviz.plot.selection` (which runs, rows and layer to r
 from __future__ import annotations
 
 from normviz.plot.artists import (
+    depth_ticks,
     drawn_values,
     line,
     mark_nonfinite,
@@ -62,8 +63,10 @@ from normviz.plot.looks import (
 )
 from normviz.plot.selection import (
     as_runs,
+    depth_order,
     divergence,
     focus_layer,
+    layer_shades,
     module_channels,
     parse_steps,
     step_rows,
@@ -77,6 +80,8 @@ __all__ = [
     "PAPER_ROW_ASPECT",
     "RunLook",
     "as_runs",
+    "depth_order",
+    "depth_ticks",
     "divergence",
     "drawn_values",
     "figure_legend",
@@ -85,6 +90,7 @@ __all__ = [
     "focus_layer",
     "heading_row",
     "kind_name",
+    "layer_shades",
     "legend_columns",
     "legend_title",
     "line",

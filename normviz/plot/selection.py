@@ -17,6 +17,7 @@ import numpy as np
 
 from normviz import analysis
 from normviz.errors import MissingDataError, UsageError
+from normviz.plot.looks import shades
 
 __all__ = [
     "as_runs",
@@ -171,3 +172,20 @@ def module_channels(run: Any, name: str, layer: str, role: str = "output", *, st
         f"{run.path}: {name!r} of layer {layer!r} has {values.shape[1]} values, "
         f"which do not line up with its {len(index)} stored channels"
     )
+
+
+def layer_shades(names: Sequence[str], color: str, limit: int) -> list[tuple[str, str]]:
+    """The layers of one run to draw as lines, evenly spaced in depth (at most ``limit``), each with
+    its shade of the run's ``color``: lighter for shallower layers."""
+    shown = analysis.select_names(names, None, limit)
+    return list(zip(shown, shades(color, len(shown))))
+
+
+def depth_order(name_lists: Sequence[Sequence[str]]) -> dict[str, int]:
+    """Every run's layers on one depth axis, in forward order (first seen first): runs whose layers
+    differ still put a shared layer at the same position."""
+    order: dict[str, int] = {}
+    for names in name_lists:
+        for name in names:
+            order.setdefault(name, len(order))
+    return order

@@ -69,17 +69,16 @@ def draw(runs: Any, fig: Figure, *, layers: str | None = None, steps: Any = None
     ax_de = fig.add_subplot(grid[1, 1], sharex=ax_dl)
     handles: list[Line2D] = []
     labels: list[str] = []
+    order = common.depth_order([d["names"] for d in data])
     for run, d, look in zip(runs, data, looks):
-        shown = analysis.select_names(d["names"], None, max_layers)
-        colors = common.shades(look.color, len(shown))
-        for color, name in zip(colors, shown):
+        for name, color in common.layer_shades(d["names"], look.color, max_layers):
             j = d["names"].index(name)
             ax_l.plot(d["steps"], d["logit"][:, j], color=color, gid=f"{LOGIT}:{run.label}:{name}")
             ax_e.plot(d["steps"], d["entropy"][:, j], color=color, gid=f"{ENTROPY}:{run.label}:{name}")
             if single:
                 handles.append(Line2D([], [], color=color))
                 labels.append(name)
-        depth = np.arange(len(d["names"]))
+        depth = [order[n] for n in d["names"]]
         ax_dl.plot(depth, d["logit"][-1], color=look.color, marker=look.marker, markersize=3,
                    linestyle=look.linestyle, gid=f"{LOGIT}_depth:{run.label}")
         ax_de.plot(depth, d["entropy"][-1], color=look.color, marker=look.marker, markersize=3,
@@ -93,9 +92,7 @@ def draw(runs: Any, fig: Figure, *, layers: str | None = None, steps: Any = None
     ax_e.axhline(0.0, color="0.85", linewidth=0.6, zorder=0)
     common.step_axis(ax_e)
     ax_dl.set_title("last step, by depth", loc="left", fontsize="small")
-    deepest = max(data, key=lambda d: len(d["names"]))
-    picks = analysis.pick_rows(len(deepest["names"]), 4)
-    ax_de.set_xticks(picks, [deepest["names"][p] for p in picks], rotation=30, ha="right", fontsize="x-small")
+    common.depth_ticks(ax_de, list(order), 4)
     ax_dl.tick_params(labelbottom=False)
     if not single:
         handles, labels = common.look_handles(looks)

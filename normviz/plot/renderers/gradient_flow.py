@@ -62,10 +62,8 @@ def _read(run: Any, steps: Any, layers: Any, max_steps: int) -> dict[str, Any]:
 def _over_time(ax_g: Any, ax_r: Any, run: Any, d: dict[str, Any], look: Any, max_layers: int,
                max_points: int) -> tuple[list[Line2D], list[str]]:
     """One run: per-layer lines over time (mean and max |grad|, update ratio)."""
-    shown = analysis.select_names(d["names"], None, max_layers)
-    colors = common.shades(look.color, len(shown))
     handles, labels = [], []
-    for color, name in zip(colors, shown):
+    for name, color in common.layer_shades(d["names"], look.color, max_layers):
         j = d["names"].index(name)
         tag = f"{run.label}:{name}"
         common.line(ax_g, d["steps"], d["grad_abs_mean"][:, j], max_points=max_points, color=color,

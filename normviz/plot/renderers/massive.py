@@ -74,10 +74,9 @@ def draw(runs: Any, fig: Figure, *, layers: str | None = None, role: str | None 
     ax_depth = fig.add_subplot(grid[1, 1])
     handles: list[Line2D] = []
     labels: list[str] = []
+    order = common.depth_order([d["names"] for d in data])
     for run, d, look in zip(runs, data, looks):
-        shown = analysis.select_names(d["names"], None, max_layers)
-        colors = common.shades(look.color, len(shown))
-        for color, name in zip(colors, shown):
+        for name, color in common.layer_shades(d["names"], look.color, max_layers):
             v = d["data"][name]
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = v[:, 0] / v[:, 3 * TOP]
@@ -88,7 +87,7 @@ def draw(runs: Any, fig: Figure, *, layers: str | None = None, role: str | None 
                 handles.append(Line2D([], [], color=color))
                 labels.append(name)
         last = np.array([d["data"][n][-1] for n in d["names"]])
-        depth = np.arange(len(d["names"]))
+        depth = [order[n] for n in d["names"]]
         for k, alpha in zip(range(TOP), (1.0, 0.6, 0.35)):
             ax_depth.plot(depth, last[:, k], color=look.color, alpha=alpha, marker=look.marker, markersize=3,
                           linestyle=look.linestyle, gid=f"{STAT}_top{k + 1}:{run.label}")
@@ -102,9 +101,7 @@ def draw(runs: Any, fig: Figure, *, layers: str | None = None, role: str | None 
     common.step_axis(ax_chan)
     ax_depth.set_yscale("log")
     ax_depth.set_title("last step: top 3 |x| (fading), median (dotted)", loc="left", fontsize="small")
-    deepest = max(data, key=lambda d: len(d["names"]))
-    picks = analysis.pick_rows(len(deepest["names"]), 4)
-    ax_depth.set_xticks(picks, [deepest["names"][p] for p in picks], rotation=30, ha="right", fontsize="x-small")
+    common.depth_ticks(ax_depth, list(order), 4)
     if not single:
         handles, labels = common.look_handles(looks)
     common.figure_legend(fig, handles, labels, title="site (lighter = shallower)" if single

@@ -90,9 +90,7 @@ def draw(
     for i, (run, d, look) in enumerate(zip(runs, data, looks)):
         ax = fig.add_subplot(grid[i, :], sharex=first_ax)
         first_ax = first_ax or ax
-        shown = analysis.select_names(d["names"], None, max_layers)
-        colors = common.shades(look.color, len(shown))
-        for color, name in zip(colors, shown):
+        for name, color in common.layer_shades(d["names"], look.color, max_layers):
             j = d["names"].index(name)
             common.line(ax, d["steps"], d["values"][:, j], max_points=max_points, color=color,
                         gid=f"{STAT}:{run.label}:{name}")
@@ -109,10 +107,7 @@ def draw(
             ax.set_yscale("log")
     ax_max = fig.add_subplot(grid[n, 0], sharex=first_ax)
     ax_depth = fig.add_subplot(grid[n, 1])
-    order: dict[str, int] = {}  # every run's layers on one depth axis, in forward order
-    for d in data:
-        for name in d["names"]:
-            order.setdefault(name, len(order))
+    order = common.depth_order([d["names"] for d in data])
     for run, d, look in zip(runs, data, looks):
         values = d["values"]
         top = np.full(len(d["steps"]), np.nan)
@@ -132,9 +127,7 @@ def draw(
     common.step_axis(ax_max)
     ax_depth.set_title("by depth, last step (dashed: first)", loc="left", fontsize="small")
     ax_depth.set_xlabel("layer (input → output)")
-    names = list(order)
-    picks = analysis.pick_rows(len(names), 5)
-    ax_depth.set_xticks(picks, [names[p] or "(root)" for p in picks], rotation=30, ha="right", fontsize="x-small")
+    common.depth_ticks(ax_depth, list(order), 5)
     for ax in (ax_max, ax_depth):
         ax.axhline(1.0, color="0.8", linewidth=0.6, zorder=0)  # equal channel RMS
         if common.wants_log(common.drawn_values(ax)):

@@ -84,9 +84,7 @@ def draw(
     labels: list[str] = []
     predicted_any = any(np.isfinite(d["predicted"]).any() for d in data)
     for run, d, look in zip(runs, data, looks):
-        shown = analysis.select_names(d["names"], None, max_layers)
-        colors = common.shades(look.color, len(shown))
-        for color, name in zip(colors, shown):
+        for name, color in common.layer_shades(d["names"], look.color, max_layers):
             j = d["names"].index(name)
             tag = f"{run.label}:{name}"
             ax_a.plot(d["steps"], d["angle"][:, j], color=color, gid=f"{STAT}:{tag}")
