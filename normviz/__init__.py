@@ -24,11 +24,13 @@ __all__ = [
     "mark_step",
     "open",
     "plot",
+    "precise_bn",
 ]
 
 if TYPE_CHECKING:
     from normviz.datatypes import NormKind, NormSpec, Renderer, Site, Statistic
     from normviz.hookspecs import hookimpl
+    from normviz.record.population import precise_bn
     from normviz.record.recorder import Recorder
     from normviz.store.reader import Run
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "Recorder": "normviz.record.recorder",
     "Run": "normviz.store.reader",
+    "precise_bn": "normviz.record.population",
     "hookimpl": "normviz.hookspecs",
     "NormKind": "normviz.datatypes",
     "NormSpec": "normviz.datatypes",

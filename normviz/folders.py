@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from normviz.errors import NormvizError
+from normviz.store.series import is_series_file
 
 RUNS_DIR = Path("normviz-runs")
 FIGURES_DIR = Path("normviz-figures")
@@ -36,7 +37,8 @@ def collect_runs(args: Sequence[str]) -> tuple[list[Path], str]:
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            found = sorted(p.glob("*.h5"))
+            # A run's eval series are not runs of their own here: renderers open them through the run.
+            found = sorted(q for q in p.glob("*.h5") if not is_series_file(q))
             if not found:
                 raise NormvizError(f"{p}: folder holds no run files (*.h5)")
             paths.extend(found)

@@ -9,8 +9,10 @@ At each BatchNorm's input site, on recorded training steps, two numbers:
 
 against the running statistics as they were *before* this forward updated them
 (recovered exactly from the updated ones: (r′ − m·b)/(1 − m) for a momentum m, the
-cumulative average's inverse for ``momentum=None``). For independent values the first
-shrinks as 1/√(values per channel): the sampling gap. Only PyTorch's own BatchNorm classes
+cumulative average's inverse for ``momentum=None``). In an eval pass
+(:meth:`normviz.Recorder.evaluating`, the layer in eval mode) the running statistics are
+the ones it normalizes the batch with: the gap is the one between that batch and them.
+For independent values the first shrinks as 1/√(values per channel): the sampling gap. Only PyTorch's own BatchNorm classes
 (SyncBatchNorm updates with every rank's statistics); NaN elsewhere. Merged across ranks as a
 value-count-weighted mean. Importing this module imports no torch.
 """
@@ -40,7 +42,7 @@ def compute(ctx: S.SiteTensor) -> torch.Tensor:
 
     module: Any = ctx.module  # a BatchNorm, checked below (its buffers are untyped attributes)
     nan = torch.full((2,), math.nan, device=ctx.x.device)
-    if type(module) not in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) or not module.training:
+    if type(module) not in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         return nan
     if module.running_mean is None or module.running_var is None:
         return nan
@@ -48,7 +50,9 @@ def compute(ctx: S.SiteTensor) -> torch.Tensor:
     n = ctx.x.numel() / max(mean_b.numel(), 1)
     var_b = var_b * (n / max(n - 1.0, 1.0))  # unbiased, as the running variance is updated with
     after_m, after_v = module.running_mean.float(), module.running_var.float()
-    if module.momentum is None:  # cumulative average over the k batches seen, this one included
+    if not module.training:  # an eval pass leaves the running statistics as they are
+        run_m, run_v = after_m, after_v
+    elif module.momentum is None:  # cumulative average over the k batches seen, this one included
         k = module.num_batches_tracked.float()
         run_m, run_v = (k * after_m - mean_b) / (k - 1), (k * after_v - var_b) / (k - 1)
     else:
@@ -65,7 +69,8 @@ STATISTIC = Statistic(
     compute,
     lambda site: 2,
     "opt-in, BatchNorm inputs: mean over channels of |batch mean - running mean| / running std, and of "
-    "|log(batch var / running var)|, against the running statistics before this step's update",
+    "|log(batch var / running var)|, against the running statistics before this step's update (in an eval "
+    "pass, the ones the layer normalizes with)",
     applies=_applies,
     default=False,
     merge="mean",

@@ -13,7 +13,8 @@ checkpointing recomputing a block — is not counted or observed again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,6 +26,22 @@ from normviz.record.observe import PLAIN_BATCHNORMS, Observer
 from normviz.record.reductions import sq_norm
 
 _BORROWING = (*PLAIN_BATCHNORMS, nn.GroupNorm, nn.LayerNorm)  # see core.borrow
+
+
+class _Unobserved:
+    """How many :func:`unobserved` blocks are open (in any thread): while any is, no hook observes."""
+
+    depth = 0
+
+
+@contextmanager
+def unobserved() -> Iterator[None]:
+    """Forward passes in the block are not observed by any recorder (a PreciseBN probe's, say)."""
+    _Unobserved.depth += 1
+    try:
+        yield
+    finally:
+        _Unobserved.depth -= 1
 
 
 class Arming:
@@ -45,10 +62,11 @@ class LayerHook:
                  "compiled_id", "attention", "__weakref__")
 
     def __init__(self, arming: Arming, observer: Observer, model: nn.Module, name: str, spec: NormSpec | None,
-                 module: nn.Module) -> None:
+                 module: nn.Module, *, train_only: bool = True) -> None:
         self.arming = arming
         self.observer = observer
-        self.training = lambda: model.training
+        # An eval series' hooks record the pass they are armed for, in whichever mode it runs.
+        self.training = (lambda: model.training) if train_only else (lambda: True)
         self.name = name
         self.spec = spec
         self.is_norm = spec is not None
@@ -67,7 +85,7 @@ class LayerHook:
         self.attention = attention.heads_of(module) > 0
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if not self.arming.armed or not self.training():
+        if not self.arming.armed or _Unobserved.depth or not self.training():
             return None
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if torch.compiler.is_compiling():  # traced by dynamo: see normviz.record.compiled
@@ -200,6 +218,8 @@ class ResetCalls:
         if torch.compiler.is_compiling():  # traced by dynamo: see normviz.record.compiled
             compiled.traced_forward(self.compiled_id, first_tensor(args))
             return None
+        if _Unobserved.depth:
+            return None
         if self.first:
             self.first = False
             self.reorder()
@@ -226,18 +246,20 @@ class HookSet:
     """The forward hooks of a model's recorded layers, installed while a recorded step runs.
 
     ``layers`` maps each recorded layer's qualified name to (module, norm spec or None).
-    The first forward pass after they are installed checks that they run after any hook
+    ``train_only``: the hooks observe forward passes in training mode only (an eval
+    series' observe any pass they are armed for). The first forward pass after they are installed checks that they run after any hook
     added to their modules since, and installs them again at the end if not.
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, tuple[nn.Module, NormSpec | None]],
-                 observer: Observer, *, keep: bool) -> None:
+                 observer: Observer, *, keep: bool, train_only: bool = True) -> None:
         self.arming = Arming()
         self.keep = keep
         self._reset = ResetCalls(observer, self._run_last)
         self._hooks: list[tuple[nn.Module, bool, Any]] = [(model, True, self._reset)]
         for name, (module, spec) in layers.items():
-            self._hooks.append((module, False, LayerHook(self.arming, observer, model, name, spec, module)))
+            self._hooks.append((module, False, LayerHook(self.arming, observer, model, name, spec, module,
+                                                         train_only=train_only)))
         self._handles: list[Any] = []
         self._closed = False
         self.install()

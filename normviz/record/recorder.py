@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,21 @@ from normviz.record.gradients import GradientTracker
 from normviz.record.hooks import HookSet
 from normviz.record.observe import CORE, Observer, parse_opt_in
 from normviz.record.rows import SCALAR_BATCH, Packing, RowPacker, ScalarQueue
-from normviz.store import schema
+from normviz.store import schema, series
 from normviz.store.layout import Layout
 from normviz.store.meta import root_attrs
 from normviz.store.writer import RunWriter
 
+DEFAULT_SERIES = series.DEFAULT
 #: Default cap on stored per-channel series (evenly spaced channels beyond it).
 MAX_CHANNELS = 32
 
 
 class Recorder:
     """Record per-layer statistics of a model's training into an HDF5 run file.
+
+    Eval passes marked with :meth:`evaluating` are recorded as series of their own, in
+    files beside the run's (:mod:`normviz.store.series`).
 
     Parameters
     ----------
@@ -105,10 +110,12 @@ class Recorder:
         if on_error not in ("warn", "raise"):
             raise UsageError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.path = Path(path)
-        if self.path.exists():
+        # The run's eval series (files beside it) belong to it: stale ones are refused or replaced with it.
+        stale = [] if self._SERIES else list(series.series_files(self.path).values())
+        for existing in [p for p in (self.path, *stale) if p.exists()]:
             if not overwrite:
-                raise NormvizError(f"{self.path}: file exists; normviz never overwrites a run (use overwrite=True)")
-            self.path.unlink()
+                raise NormvizError(f"{existing}: file exists; normviz never overwrites a run (use overwrite=True)")
+            existing.unlink(missing_ok=True)
         try:  # as SummaryWriter does: runs/<name>/run.h5 needs no mkdir first
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -142,10 +149,22 @@ class Recorder:
             if spec is not None or any(True for _ in module.parameters(recurse=False)) or (
                     wants_attention and attention.heads_of(module) > 0):
                 self._layers[name] = (module, spec)
-        self._hooks = HookSet(model, self._layers, self._observer, keep=keep_hooks)
-        self._grads = GradientTracker([(n, m) for n, (m, _) in self._layers.items()], lambda: self._hooks.armed,
-                                      strict=on_error == "raise")
-        self._grad_handles = self._grads.attach()
+        eval_only = self._SERIES is not None  # an eval series: any mode, no gradients, never compiled hooks
+        self._hooks = HookSet(model, self._layers, self._observer, keep=keep_hooks and not eval_only,
+                              train_only=not eval_only)
+        self._grads = GradientTracker([] if eval_only else [(n, m) for n, (m, _) in self._layers.items()],
+                                      lambda: self._hooks.armed, strict=on_error == "raise")
+        self._grad_handles = [] if eval_only else self._grads.attach()
+        # What an eval series of this run is made with (normviz.record.evaluation).
+        self._series_options: dict[str, Any] = {
+            "label": self.label, "meta": self._user_meta, "experiment": experiment, "norm_kind": norm_kind,
+            "max_channels": self.max_channels, "statistics": opt_in, "flush_every": flush_every,
+            "flush_secs": flush_secs, "on_error": on_error, "plugins": self.host, "seed": seed,
+            "rank": self._rank, "world_size": self._world_size,
+        }
+        self._extra_meta: dict[str, Any] = {}  # added to the file's meta (an eval series says whose it is)
+        self._eval: dict[str, Any] = {}  # series name -> its EvalRecorder, made at its first pass
+        self._evaluating = False
         self._scalars = ScalarQueue()
         self._pending_scalars = self._scalars.pending  # the same list: the steps' scalars not yet sent
         self._step = 0
@@ -156,6 +175,9 @@ class Recorder:
         self._closed = False
         self._warned_nothing_ran = False
         self._t0 = time.time()
+
+    #: The eval series this recorder writes (None: the training run itself).
+    _SERIES: str | None = None
 
     # -- public API ---------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -204,6 +226,41 @@ class Recorder:
         self._observer.end_step()
         self._grads.reset()
 
+    @contextmanager
+    def evaluating(self, series: str = DEFAULT_SERIES) -> Iterator[None]:
+        """Mark an eval pass: the first forward pass of the model inside the block is recorded
+        as a row of the eval series ``series`` (file ``<run>.eval.h5``, or
+        ``<run>.eval-<series>.h5``), at the training step it runs in (after that many
+        ``step()`` calls), whatever mode the model is in; the rest of the block runs
+        unobserved. One pass per series and step is recorded (the first). Training
+        statistics ignore what runs inside the block. ::
+
+            model.eval()
+            with rec.evaluating():
+                accuracy = evaluate(model, test_loader)
+            model.train()
+        """
+        if self._closed:
+            raise NormvizError("Recorder.evaluating() called after close()")
+        if self._evaluating:
+            raise UsageError("Recorder.evaluating() blocks do not nest")
+        from normviz.record.evaluation import begin_series
+
+        recorder = self._eval.get(series)
+        if recorder is None:
+            recorder = self._eval[series] = begin_series(self, series)
+        paused, self._hooks.arming.armed = self._hooks.arming.armed, False
+        self._evaluating = True
+        if recorder is not None:
+            recorder.begin(self._step)
+        try:
+            yield
+        finally:
+            self._evaluating = False
+            self._hooks.arming.armed = paused
+            if recorder is not None:
+                recorder.end()
+
     def begin_forward(self) -> None:
         """Mark the start of a forward pass that does not go through ``model(...)``
         (e.g. a Lightning ``training_step`` calling submodules): module call counts
@@ -224,6 +281,9 @@ class Recorder:
             return
         self._closed = True
         try:
+            for recorder in self._eval.values():
+                if recorder is not None:
+                    recorder.close()
             for handle in self._grad_handles:
                 handle.remove()
             self._grad_handles.clear()
@@ -280,6 +340,7 @@ class Recorder:
             user=self._user_meta, sharding=self._grads.sharding(), optimizer=self._grads.optimizer,
             feeds_norm=self._observer.feeds_norm,
         )
+        meta.update(self._extra_meta)
         flush_every, flush_secs, on_error = self._flush
         self._writer = RunWriter(
             self.path, root_attrs(meta, normviz_version=__version__), flush_every=flush_every, flush_secs=flush_secs,

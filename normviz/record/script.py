@@ -14,6 +14,9 @@
 - ``Tensor.backward`` is wrapped to remember the last scalar it was called on, which
   is recorded as the ``loss`` scalar (no host sync: the tensor is kept, not read).
 
+A top-level forward of the model in eval mode is an eval pass: the first one in each step
+is recorded as the run's eval series (:meth:`normviz.Recorder.evaluating`).
+
 What it cannot find: a second model (a GAN's discriminator — only the first trained
 model is recorded), a model trained only through ``torch.autograd.backward`` on
 non-scalar tensors (no loss recorded, statistics still are), and steps of a loop that
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 from normviz.errors import NormvizError, UsageError
+from normviz.store.series import series_files
 
 #: The script recorder of the running ``normviz record SCRIPT``, for :func:`mark_step`.
 _ACTIVE: ScriptRecorder | None = None
@@ -130,6 +134,7 @@ class ScriptRecorder:
         self._handles: list[Any] = []
         self._original_backward = torch.Tensor.backward
         self._mixed_warned = False
+        self._eval_block: Any = None  # the open Recorder.evaluating() block of an eval-mode forward
 
     @property
     def steps(self) -> int:
@@ -138,6 +143,12 @@ class ScriptRecorder:
 
     # -- hooks ------------------------------------------------------------------------------
     def _pre(self, module: nn.Module, args: Any) -> None:
+        if self._depth == 0:
+            self._end_eval()  # a pass whose forward raised left its block open
+            if module is self.model and not module.training:
+                # The model in eval mode: an eval pass, recorded as the run's eval series.
+                self._eval_block = self.recorder.evaluating()
+                self._eval_block.__enter__()
         if self._depth == 0 and module.training and torch.is_grad_enabled():
             if self.recorder is None and any(p.requires_grad for p in module.parameters()):
                 from normviz.record.recorder import Recorder
@@ -151,7 +162,14 @@ class ScriptRecorder:
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._end_eval()
         return None
+
+    def _end_eval(self) -> None:
+        block, self._eval_block = self._eval_block, None
+        if block is not None:
+            block.__exit__(None, None, None)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.recorder is None or self.model is None:
@@ -179,6 +197,7 @@ class ScriptRecorder:
                     RuntimeWarning, stacklevel=4,
                 )
             return False
+        self._end_eval()
         if "loss" not in scalars and self._last_loss is not None:
             scalars = {"loss": self._last_loss, **scalars}
         self._last_loss = None
@@ -235,9 +254,11 @@ class ScriptRecorder:
             for handle in self._handles:
                 handle.remove()
             if self.recorder is not None:
+                self._end_eval()
                 self.recorder.close()
                 if self.steps == 0:
-                    self.path.unlink(missing_ok=True)  # it would hold the layout and no step
+                    for path in [self.path, *series_files(self.path).values()]:
+                        path.unlink(missing_ok=True)  # it would hold the layout and no step
         if self.recorder is None:
             raise UsageError(
                 f"{script}: no model was trained (no module with trainable parameters ran in training mode "

@@ -65,6 +65,11 @@ def test_script_model_is_found_and_eval_and_teacher_ignored(tmp_path):
     with normviz.open(tmp_path / "a.h5") as run:
         assert [layer.name for layer in run.layers] == ["0", "1", "3"]
         assert len(run.steps) == 5 and run.norm_kind == "layer"
+        # The eval-mode forward after each step is the eval series, not a training forward.
+        ev = run.eval()
+        assert ev.steps.tolist() == [1, 2, 3, 4, 5]
+        assert [layer.name for layer in ev.layers] == ["0", "1", "3"]
+        assert np.isfinite(ev.stat("std", "1", "output")).all()
 
 
 def test_failing_script_keeps_its_steps_and_exits_1(tmp_path):
