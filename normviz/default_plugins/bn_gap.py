@@ -1,4 +1,4 @@
-"""Built-in opt-in statistic ``bn_running_gap``: how far the batch statistics a BatchNorm trains with
+"""Built-in opt-in statistic ``bn_running_gap`` and renderer ``bn-gap``: how far the batch statistics a BatchNorm trains with
 are from the running statistics it evaluates with (Wu & Johnson 2021's train/test inconsistency).
 
 At each BatchNorm's input site, on recorded training steps, two numbers:
@@ -14,7 +14,8 @@ cumulative average's inverse for ``momentum=None``). In an eval pass
 the ones it normalizes the batch with: the gap is the one between that batch and them.
 For independent values the first shrinks as 1/√(values per channel): the sampling gap. Only PyTorch's own BatchNorm classes
 (SyncBatchNorm updates with every rank's statistics); NaN elsewhere. Merged across ranks as a
-value-count-weighted mean. Importing this module imports no torch.
+value-count-weighted mean. The renderer is drawn by :mod:`normviz.plot.renderers.bn_gap`.
+Importing this module imports no torch and no matplotlib.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from normviz.datatypes import Register, Site, Statistic
+from normviz.datatypes import Register, Renderer, Site, Statistic
 from normviz.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
 
     from normviz.record import stats as S
 
@@ -77,7 +79,31 @@ STATISTIC = Statistic(
 )
 
 
+def draw(runs: Any, fig: Figure, **options: Any) -> Figure:
+    """Draw ``runs`` into ``fig``; the options are those of the drawing module's ``draw``."""
+    from normviz.plot.renderers.bn_gap import draw as draw_figure
+
+    return draw_figure(runs, fig, **options)
+
+
+RENDERER = Renderer(
+    name="bn-gap",
+    draw=draw,
+    description="BatchNorm's train/eval gap (Wu & Johnson 2021): batch vs running (EMA) and population statistics "
+                "per BatchNorm, over training, and the eval-mode output against the training-mode one (needs "
+                "the opt-in bn_running_gap; eval passes from Recorder.evaluating)",
+    requires=frozenset({"bn_running_gap"}),
+    options=("layer", "last"),
+)
+
+
 @hookimpl
 def normviz_register_statistics(register: Register[Statistic]) -> None:
     """Register ``bn_running_gap``."""
     register(STATISTIC)
+
+
+@hookimpl
+def normviz_register_renderers(register: Register[Renderer]) -> None:
+    """Register the ``bn-gap`` renderer."""
+    register(RENDERER)

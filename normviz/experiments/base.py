@@ -10,6 +10,7 @@ records it with :class:`normviz.Recorder`. The experiments themselves live in
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from normviz.datatypes import NormSpec
 from normviz.hookspecs import hookimpl
 
 __all__ = [
+    "EvalFn",
+    "Evaluating",
     "Experiment",
     "NoneSlots",
     "Setup",
@@ -40,6 +43,10 @@ StepResult = torch.Tensor | tuple[torch.Tensor, dict[str, Any]]
 #: One training step: (model, optimizer, step index) -> StepResult. It calls backward
 #: and optimizer.step itself.
 StepFn = Callable[[nn.Module, torch.optim.Optimizer, int], StepResult]
+#: Marks an eval pass of the run being recorded: ``Recorder.evaluating(series)``.
+Evaluating = Callable[[str], AbstractContextManager[None]]
+#: Evaluation after step ``i``'s update: (model, step index, evaluating) -> scalars for step ``i``.
+EvalFn = Callable[[nn.Module, int, Evaluating], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,13 @@ class Setup:
     optimizer: torch.optim.Optimizer
     step: StepFn
     none_slots: dict[str, int] = field(default_factory=dict)  # Identity norm slots -> channel dim
+    #: Runs after each step's update (before the step is closed); may record eval passes.
+    evaluate: EvalFn | None = None
+    #: The steps the setup was built for (a number of epochs, a schedule's length): the
+    #: default when no steps are asked for.
+    steps: int | None = None
+    #: What the builder was asked for (batch size, schedule, …): stored in the run's meta["user"].
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ def run_experiment(
     gen = torch.Generator().manual_seed(seed)
     setup = experiment.build(kind, gen, dev)
     host = get_plugin_host(extra=[NoneSlots(setup.none_slots)] if kind == "none" else [])
-    n_steps = experiment.steps if steps is None else steps
+    n_steps = steps if steps is not None else setup.steps if setup.steps is not None else experiment.steps
     # recorder_options may replace any of these (a label telling apart runs of one kind, …)
     options = {"statistics": experiment.statistics, "label": f"{experiment.name} {kind}", **(recorder_options or {})}
     losses: list[float] = []
@@ -149,12 +163,14 @@ def run_experiment(
         norm_kind=kind,
         plugins=host,
         seed=seed,
-        meta={"seed": seed, "steps": n_steps, "device": str(dev)},
+        meta={**setup.meta, "seed": seed, "steps": n_steps, "device": str(dev)},
         **options,
     ) as rec:
         pending: list[torch.Tensor] = []
         for i in range(n_steps):
             loss, scalars = split_step_result(setup.step(setup.model, setup.optimizer, i))
+            if setup.evaluate is not None:
+                scalars.update(setup.evaluate(setup.model, i, rec.evaluating))
             rec.step(**scalars, loss=loss)
             pending.append(loss.detach())
             if progress is not None:

@@ -15,8 +15,9 @@ BUILTIN_RENDERERS = ("covariate-shift", "channels", "gradient-flow", "histograms
 #: Built-ins that draw multi-rank runs only; tests/test_distributed.py runs their contract.
 MULTI_RANK = ("ranks",)
 #: Built-ins that draw opt-in statistics the standard runs lack; the tests of the experiments
-#: that record them run their contract (tests/experiments/test_he.py, test_wortsman.py).
-OPT_IN = ("massive", "attention")
+#: that record them run their contract (tests/experiments/test_he.py, test_wortsman.py,
+#: test_wu_johnson.py).
+OPT_IN = ("massive", "attention", "bn-gap")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ here) measure the paper's finding **from the recorded run** (``normviz.open(path
 the tests, ``benchmarks/papers_report.py`` and the gallery read the same numbers a
 user's ``normviz record --experiment NAME`` file holds. One module per paper builds its
 experiment: :mod:`.label_smoothing`, :mod:`.ioffe`, :mod:`.xiong`, :mod:`.wu_he`,
-:mod:`.santurkar`, :mod:`.he`, :mod:`.kosson`, :mod:`.wortsman`; ``seed-bn-ln`` is the seed's MLP
+:mod:`.santurkar`, :mod:`.he`, :mod:`.kosson`, :mod:`.wortsman`, :mod:`.wu_johnson`; ``seed-bn-ln`` is the seed's MLP
 (:func:`normviz.experiments.seeds.build_seed_mlp`).
 
 ==================  ==================  ======================================================
@@ -40,6 +40,11 @@ kosson-rotation     batch, layer        MLP 64-256-256-10, hidden Linears (``fc1
 wortsman-qk         layer               tiny GPT (below) at lr 0.1, warm-up and cosine decay;
                                         ``qk_norm=True`` adds QK-norm; the attention
                                         statistics of every attention layer
+wu-johnson-bn       batch               small CNN (``norm1``–``norm3``) at batch ``batch``, lr
+                                        0.05·B/32, ``schedule`` constant or cosine; eval
+                                        series ``eval`` (EMA), ``precise`` (PreciseBN),
+                                        ``batch`` (own statistics); scalars ``test_acc_ema``,
+                                        ``test_acc_precise``, ``test_acc_batch``
 he-outliers         layer, none         tiny GPT on a synthetic language (:mod:`normviz.
                                         experiments.language`); ``none``: He et al.'s
                                         outlier-protected block (no norms, QK-norm, branch
@@ -81,6 +86,7 @@ from normviz.experiments.papers.label_smoothing import SMOOTHING_VARIANTS, SeedL
 from normviz.experiments.papers.santurkar import build_santurkar_dln, build_santurkar_vgg
 from normviz.experiments.papers.wortsman import build_wortsman
 from normviz.experiments.papers.wu_he import build_wu_he
+from normviz.experiments.papers.wu_johnson import build_wu_johnson
 from normviz.experiments.papers.xiong import build_xiong
 from normviz.experiments.seeds import build_seed_mlp
 
@@ -149,6 +155,11 @@ _BUILDERS: dict[str, tuple[str, tuple[str, ...], int, Callable[..., Setup], dict
         "outlier-protected block without norms (lr 3e-3; try lr=1e-3; --every 50)",
         ("layer", "none"), 1000, build_he_outliers,
         {"massive_activations": ["blocks.*.norm1", "blocks.*.norm2", "norm_f"]},
+    ),
+    "wu-johnson-bn": (
+        "Wu & Johnson 2021: BatchNorm's batch vs population statistics shrink as 1/sqrt(B); at a large batch and "
+        "constant lr the running averages (EMA) lag, PreciseBN fixes it (try batch=2/128, schedule='cosine')",
+        ("batch",), 384, build_wu_johnson, {"bn_running_gap": ["*"]},
     ),
 }
 

@@ -1,16 +1,18 @@
-"""What several paper reproductions share: eval-mode accuracy, a noisy image task and a VGG-style CNN."""
+"""What several paper reproductions share: eval-mode accuracy, frozen BatchNorm statistics, a noisy image task
+and a VGG-style CNN."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from normviz.experiments import models
 
-__all__ = ["accuracy", "image_task", "vgg_small"]
+__all__ = ["accuracy", "frozen_running_stats", "image_task", "vgg_small"]
 
 
 @torch.no_grad()
@@ -26,6 +28,23 @@ def accuracy(root: nn.Module, x: Tensor, y: Tensor, forward: Callable[[Tensor], 
         return ((forward or root)(x).argmax(-1) == y).float().mean()
     finally:
         root.train(was)
+
+
+@contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalize with batch statistics but leave their running statistics alone."""
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for m, _, _ in saved:
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            buffer = m.num_batches_tracked
+            if tracked is not None and buffer is not None:
+                buffer.copy_(tracked)
 
 
 def image_task(gen: torch.Generator, n: int, classes: int, size: int, noise: float) -> tuple[Tensor, Tensor]:

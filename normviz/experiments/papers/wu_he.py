@@ -7,34 +7,16 @@ A VGG-style CNN trains on batches of 32 while every forward also runs probe batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normviz.experiments.base import Setup, StepResult, identity_slots
-from normviz.experiments.papers.common import accuracy, image_task, vgg_small
+from normviz.experiments.papers.common import accuracy, frozen_running_stats, image_task, vgg_small
 
 __all__ = ["BatchProbe", "build_wu_he"]
-
-
-@contextmanager
-def _frozen_running_stats(model: nn.Module) -> Iterator[None]:
-    """BatchNorm layers normalize with batch statistics but leave their running statistics alone."""
-    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    try:
-        for m, _, _ in saved:
-            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            buffer = m.num_batches_tracked
-            if tracked is not None and buffer is not None:
-                buffer.copy_(tracked)
 
 
 class BatchProbe(nn.Module):
@@ -57,7 +39,7 @@ class BatchProbe(nn.Module):
         out: Tensor = self.net(x[: self.batch])
         if self.training and self.probes:
             lo = self.batch
-            with torch.no_grad(), _frozen_running_stats(self.net):
+            with torch.no_grad(), frozen_running_stats(self.net):
                 for m in self.probes:
                     self.net(x[lo : lo + m])
                     lo += m

@@ -331,7 +331,8 @@ def test_dyt_and_layernorm_models_train_and_plot(runs, tmp_path, capsys):
     # Only the renderers whose data these runs lack by design skip, each saying why: `ranks` (a
     # run of one process has no ranks to compare) and those of opt-in statistics not asked for.
     skipped = [line for line in stderr.splitlines() if "skipped" in line]
-    reasons = {"ranks": "single rank", "massive": "it is opt-in", "attention": "they are opt-in"}
+    reasons = {"ranks": "single rank", "massive": "it is opt-in", "attention": "they are opt-in",
+               "bn-gap": "it is opt-in"}
     assert sorted(line.split("'")[1] for line in skipped) == sorted(reasons)
     for line in skipped:
         assert reasons[line.split("'")[1]] in line, line
