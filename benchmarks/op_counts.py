@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,16 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step(spec: overhead.ModelSpec, every: int | None, folder: Path) -> tuple[Counter[str], int, int]:
+def count_step(spec: overhead.ModelSpec, every: int | None, folder: Path,
+               statistics: Sequence[str] = ()) -> tuple[Counter[str], int, int]:
     """(ops by name, views, recorded sites) of one training step after a warm-up step; ``every``
-    None: bare. With ``every=10`` the counted step is one that is not recorded."""
+    None: bare. With ``every=10`` the counted step is one that is not recorded. ``statistics``:
+    opt-in statistics to record too."""
     torch.manual_seed(0)
     model, opt = spec.build()
     x, y = spec.data(torch.Generator().manual_seed(0))
-    rec = None if every is None else normviz.Recorder(model, folder / f"{spec.name}-{every}.h5", every=every)
+    rec = None if every is None else normviz.Recorder(model, folder / f"{spec.name}-{every}.h5", every=every,
+                                                       statistics=list(statistics))
 
     def step(after: Callable[[torch.Tensor], None]) -> None:
         opt.zero_grad(set_to_none=True)
@@ -83,6 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(overhead.MODELS), choices=list(overhead.MODELS))
     ap.add_argument("--top", type=int, default=6, help="the most frequent extra ops listed per model")
+    ap.add_argument("--stat", action="append", default=[], metavar="NAME",
+                    help="an opt-in statistic to record too (repeatable), to measure its cost")
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
@@ -91,8 +96,8 @@ def main() -> None:
         for name in args.models:
             spec = overhead.MODELS[name]
             bare, bare_views, _ = count_step(spec, None, Path(tmp))
-            rec1, views1, sites = count_step(spec, 1, Path(tmp))
-            rec10, _, _ = count_step(spec, 10, Path(tmp))
+            rec1, views1, sites = count_step(spec, 1, Path(tmp), args.stat)
+            rec10, _, _ = count_step(spec, 10, Path(tmp), args.stat)
             extra = sum(rec1.values()) - sum(bare.values())
             top = (rec1 - bare).most_common(args.top)
             rows.append((name, sum(bare.values()), sum(rec1.values()), extra, sites, 3 * sites + 20,

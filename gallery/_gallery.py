@@ -59,11 +59,12 @@ def draw_variants(
     style: str,
     dpi: int,
     steps: int | None,
-    every: int = 1,
+    every: int | Sequence[int] = 1,
     options: Callable[[list[Any]], dict[str, Any]] | dict[str, Any] | None = None,
 ) -> Path:
     """:func:`draw_experiment` for variants of one experiment: each ``(norm kind, builder options,
-    label or None)`` is one run (the label tells apart runs that share a kind)."""
+    label or None)`` is one run (the label tells apart runs that share a kind), recorded every
+    ``every`` steps (or ``every[i]`` for the i-th)."""
     from normviz.experiments.papers import paper_experiment
 
     # Small models train fastest on one thread, and the numbers do not depend on the core count.
@@ -73,7 +74,8 @@ def draw_variants(
         for i, (kind, builder, label) in enumerate(variants):
             exp = paper_experiment(experiment, **builder) if builder else EXPERIMENTS[experiment]
             path = Path(tmp) / f"{experiment}-{kind}-{i}.h5"
-            run_experiment(exp, kind, path, steps=steps, every=every, seed=0, device="cpu",
+            run_experiment(exp, kind, path, steps=steps, every=every if isinstance(every, int) else every[i], seed=0,
+                           device="cpu",
                            recorder_options={"label": label} if label else None)
             runs.append(normviz.open(path))
         extra = options(runs) if callable(options) else dict(options or {})
