@@ -30,7 +30,10 @@ SCHEMA_NAME = "normviz.run"
 #: and ``meta["sharding"]`` (device mesh, placements); recomputed forwards are not recorded.
 #: 1.3: ``/act/rms_kurtosis``, ``/grad/update_angle`` (and the partial sum ``weight_after_sumsq``);
 #: each ``act`` statistic's ``merge`` attribute; ``meta["optimizer"]``, ``meta["feeds_norm"]``.
-SCHEMA_VERSION = "1.3"
+#: 1.4: eval series: run files beside a run's (``<run>.eval.h5``, ``<run>.eval-<name>.h5``;
+#: :mod:`normviz.store.series`) holding its marked eval passes, with ``meta["series"]`` and
+#: ``meta["series_of"]`` and no ``/grad`` datasets.
+SCHEMA_VERSION = "1.4"
 SCHEMA_MAJOR = 1
 
 LAYOUT = "layout"

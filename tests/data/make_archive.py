@@ -39,6 +39,11 @@ def main(folder: Path) -> None:
             loss.backward()
             opt.step()
             rec.step(loss=loss, note=1.5)
+            if hasattr(rec, "evaluating"):  # schema 1.4: an eval series beside the run
+                net.eval()
+                with torch.no_grad(), rec.evaluating():
+                    net(torch.randn(4, 3, 5, 5, generator=gen))
+                net.train()
     write_expected(folder)
 
 
@@ -71,6 +76,11 @@ def write_expected(folder: Path) -> None:
             "update_ratio": listed(run.grad("update_ratio")[1]),
             "meta_user": run.meta.get("user"),
         }
+        if hasattr(run, "eval_series") and run.eval_series():
+            ev = run.eval()
+            expected["eval_steps"] = listed(ev.steps)
+            expected["eval_channel_mean_1_output"] = listed(ev.stat("channel_mean", "1", "output"))
+            expected["eval_meta_series"] = [ev.meta.get("series"), ev.meta.get("series_of")]
     (folder / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 
 

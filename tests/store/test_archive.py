@@ -48,6 +48,11 @@ def test_archived_run_reads_as_it_was_written(version):
         _same(grad_norm, want["grad_norm"])
         _same(run.grad("update_ratio")[1], want["update_ratio"])
         assert run.meta.get("user") == want["meta_user"]
+        if "eval_steps" in want:  # schema 1.4: an eval series beside the run
+            ev = run.eval()
+            _same(ev.steps, want["eval_steps"])
+            _same(ev.stat("channel_mean", "1", "output"), want["eval_channel_mean_1_output"])
+            assert [ev.meta.get("series"), ev.meta.get("series_of")] == want["eval_meta_series"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
