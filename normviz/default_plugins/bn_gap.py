@@ -1,5 +1,6 @@
-"""Built-in opt-in statistic ``bn_running_gap`` and renderer ``bn-gap``: how far the batch statistics a BatchNorm trains with
-are from the running statistics it evaluates with (Wu & Johnson 2021's train/test inconsistency).
+"""Built-in opt-in statistic ``bn_running_gap`` and renderer ``bn-gap``: how far the batch
+statistics a BatchNorm trains with are from the running statistics it evaluates with (Wu &
+Johnson 2021's train/test inconsistency).
 
 At each BatchNorm's input site, on recorded training steps, two numbers:
 
@@ -12,8 +13,9 @@ against the running statistics as they were *before* this forward updated them
 cumulative average's inverse for ``momentum=None``). In an eval pass
 (:meth:`normviz.Recorder.evaluating`, the layer in eval mode) the running statistics are
 the ones it normalizes the batch with: the gap is the one between that batch and them.
-For independent values the first shrinks as 1/√(values per channel): the sampling gap. Only PyTorch's own BatchNorm classes
-(SyncBatchNorm updates with every rank's statistics); NaN elsewhere. Merged across ranks as a
+For independent values the first shrinks as 1/√(values per channel): the sampling gap. Only
+PyTorch's own BatchNorm classes (SyncBatchNorm updates with every rank's statistics); NaN
+elsewhere. Merged across ranks as a
 value-count-weighted mean. The renderer is drawn by :mod:`normviz.plot.renderers.bn_gap`.
 Importing this module imports no torch and no matplotlib.
 """

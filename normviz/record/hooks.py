@@ -247,8 +247,9 @@ class HookSet:
 
     ``layers`` maps each recorded layer's qualified name to (module, norm spec or None).
     ``train_only``: the hooks observe forward passes in training mode only (an eval
-    series' observe any pass they are armed for). The first forward pass after they are installed checks that they run after any hook
-    added to their modules since, and installs them again at the end if not.
+    series' observe any pass they are armed for). The first forward pass after they are
+    installed checks that they run after any hook added to their modules since, and installs
+    them again at the end if not.
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, tuple[nn.Module, NormSpec | None]],

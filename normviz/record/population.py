@@ -36,22 +36,28 @@ def _call(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
+def _buffers(m: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(running_mean, running_var, num_batches_tracked) of a BatchNorm that tracks running statistics."""
+    mean, var, tracked = m.running_mean, m.running_var, m.num_batches_tracked
+    assert mean is not None and var is not None and tracked is not None
+    return mean, var, tracked
+
+
 @contextmanager
 def _saved_state(model: nn.Module) -> Iterator[list[tuple[str, nn.modules.batchnorm._BatchNorm]]]:
     """Every BatchNorm's buffers and momentum, and every module's mode, restored at the end."""
     bns = _batchnorms(model)
-    saved = [(m, m.momentum, [t.clone() for t in (m.running_mean, m.running_var, m.num_batches_tracked)])
-             for _, m in bns]
-    modes = [(m, m.training) for m in model.modules()]
+    saved = [(bn, bn.momentum, [t.clone() for t in _buffers(bn)]) for _, bn in bns]
+    modes = [(module, module.training) for module in model.modules()]
     try:
         yield bns
     finally:
-        for m, momentum, buffers in saved:
-            m.momentum = momentum
-            for t, value in zip((m.running_mean, m.running_var, m.num_batches_tracked), buffers):
+        for bn, momentum, values in saved:
+            bn.momentum = momentum
+            for t, value in zip(_buffers(bn), values):
                 t.copy_(value)
-        for m, training in modes:
-            m.training = training
+        for module, training in modes:
+            module.training = training
 
 
 def population_statistics(model: nn.Module, batches: Iterable[Any], *,
@@ -80,7 +86,7 @@ def population_statistics(model: nn.Module, batches: Iterable[Any], *,
             seen += 1
         if seen == 0:
             raise UsageError("precise BatchNorm statistics: no batches")
-        return {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in bns}
+        return {name: (_buffers(m)[0].clone(), _buffers(m)[1].clone()) for name, m in bns}
 
 
 @contextmanager
@@ -96,7 +102,7 @@ def precise_bn(model: nn.Module, batches: Iterable[Any], *,
     population = population_statistics(model, batches, forward=forward)
     with _saved_state(model) as bns:
         for name, m in bns:
-            mean, var = population[name]
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
+            running_mean, running_var, _ = _buffers(m)
+            running_mean.copy_(population[name][0])
+            running_var.copy_(population[name][1])
         yield population

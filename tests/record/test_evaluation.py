@@ -102,7 +102,7 @@ def test_one_pass_per_step_and_series_and_named_series_have_their_own_file(tmp_p
     model = cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with normviz.Recorder(model, tmp_path / "run.h5") as rec:
-        for i in range(3):
+        for _ in range(3):
             opt.zero_grad()
             model(torch.randn(8, 3, 8, 8)).sum().backward()
             opt.step()

@@ -20,7 +20,7 @@ Runs of different lengths share the x axis as the fraction of training (step / l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -31,8 +31,11 @@ from normviz.errors import MissingDataError
 from normviz.plot import common
 
 #: The sources of a gap: (eval series or None for training, line style, legend text).
-SOURCES = ((None, "-", "training batches vs EMA"), ("eval", "--", "eval batches vs EMA (series eval)"),
-           ("precise", ":", "eval batches vs population (series precise)"))
+SOURCES: tuple[tuple[str | None, Literal["-", "--", ":"], str], ...] = (
+    (None, "-", "training batches vs EMA"),
+    ("eval", "--", "eval batches vs EMA (series eval)"),
+    ("precise", ":", "eval batches vs population (series precise)"),
+)
 
 
 def _read(run: Any, layer: str | None, last: float) -> dict[str, Any]:
