@@ -30,7 +30,7 @@ from normviz.datatypes import NormSpec
 from normviz.distributed import current_rank, shared_extrema
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
-from normviz.record import attention, core, finish
+from normviz.record import attention, core, evaluation, finish
 from normviz.record import stats as S
 from normviz.record.describe import describe, run_meta
 from normviz.record.gradients import GradientTracker
@@ -104,6 +104,7 @@ class Recorder:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        _series: str | None = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise UsageError(f"every must be a positive integer, got {every!r}")
@@ -111,7 +112,8 @@ class Recorder:
             raise UsageError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.path = Path(path)
         # The run's eval series (files beside it) belong to it: stale ones are refused or replaced with it.
-        stale = [] if self._SERIES else list(series.series_files(self.path).values())
+        self._series_name = _series  # the eval series this recorder writes (normviz.record.evaluation)
+        stale = [] if _series else list(series.series_files(self.path).values())
         for existing in [p for p in (self.path, *stale) if p.exists()]:
             if not overwrite:
                 raise NormvizError(f"{existing}: file exists; normviz never overwrites a run (use overwrite=True)")
@@ -149,7 +151,7 @@ class Recorder:
             if spec is not None or any(True for _ in module.parameters(recurse=False)) or (
                     wants_attention and attention.heads_of(module) > 0):
                 self._layers[name] = (module, spec)
-        eval_only = self._SERIES is not None  # an eval series: any mode, no gradients, never compiled hooks
+        eval_only = _series is not None  # an eval series: any mode, no gradients, never compiled hooks
         self._hooks = HookSet(model, self._layers, self._observer, keep=keep_hooks and not eval_only,
                               train_only=not eval_only)
         self._grads = GradientTracker([] if eval_only else [(n, m) for n, (m, _) in self._layers.items()],
@@ -163,7 +165,7 @@ class Recorder:
             "rank": self._rank, "world_size": self._world_size,
         }
         self._extra_meta: dict[str, Any] = {}  # added to the file's meta (an eval series says whose it is)
-        self._eval: dict[str, Any] = {}  # series name -> its EvalRecorder, made at its first pass
+        self._eval: dict[str, evaluation.EvalSeries | None] = {}  # made at each series' first pass
         self._evaluating = False
         self._scalars = ScalarQueue()
         self._pending_scalars = self._scalars.pending  # the same list: the steps' scalars not yet sent
@@ -175,9 +177,6 @@ class Recorder:
         self._closed = False
         self._warned_nothing_ran = False
         self._t0 = time.time()
-
-    #: The eval series this recorder writes (None: the training run itself).
-    _SERIES: str | None = None
 
     # -- public API ---------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -244,11 +243,9 @@ class Recorder:
             raise NormvizError("Recorder.evaluating() called after close()")
         if self._evaluating:
             raise UsageError("Recorder.evaluating() blocks do not nest")
-        from normviz.record.evaluation import begin_series
-
         recorder = self._eval.get(series)
         if recorder is None:
-            recorder = self._eval[series] = begin_series(self, series)
+            recorder = self._eval[series] = evaluation.begin_series(self, series)
         paused, self._hooks.arming.armed = self._hooks.arming.armed, False
         self._evaluating = True
         if recorder is not None:

@@ -52,7 +52,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     return Run(path)
 
 
-class Run(RunMetadata):
+class Run(RunMetadata, series.EvalSeriesAccess):
     """A recorded run, read lazily from its file.
 
     Attributes
@@ -73,7 +73,6 @@ class Run(RunMetadata):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._series: dict[str, Run] = {}
         self._f = open_h5(self.path)
         try:
             self._load()
@@ -383,34 +382,9 @@ class Run(RunMetadata):
         return pd.DataFrame({"step": steps, "layer": layer, "kind": kind, "role": role, "call": call, "stat": stat,
                              "level": level, "value": values})
 
-    # -- eval series ------------------------------------------------------------------------------
-    def eval_series(self) -> list[str]:
-        """Names of this run's eval series (:meth:`normviz.Recorder.evaluating`) found beside its file."""
-        return list(series.series_files(self.path))
-
-    def eval(self, name: str = series.DEFAULT) -> Run:
-        """Eval series ``name`` of this run: a run whose rows are the recorded eval passes, each
-        at the training step it ran before (opened once, closed with this run).
-
-        Raises
-        ------
-        MissingDataError
-            The run has no such series.
-        """
-        opened = self._series.get(name)
-        if opened is None:
-            path = series.series_path(self.path, name)
-            if not path.exists():
-                known = ", ".join(self.eval_series()) or "none"
-                raise MissingDataError(f"{self.path}: no eval series {name!r} (recorded: {known})")
-            opened = self._series[name] = Run(path)
-        return opened
-
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:
-        for opened in self._series.values():
-            opened.close()
-        self._series.clear()
+        self._close_series()
         self._f.close()
 
     def __enter__(self) -> Run:

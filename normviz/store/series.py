@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-from normviz.errors import UsageError
+from normviz.errors import MissingDataError, UsageError
 
 DEFAULT = "eval"
 _NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -51,3 +52,36 @@ def series_files(run: Path) -> dict[str, Path]:
         elif rest.startswith("-") and _NAME.fullmatch(rest[1:]):
             found[rest[1:]] = p
     return dict(sorted(found.items()))
+
+
+class EvalSeriesAccess:
+    """What a run reader (:class:`normviz.Run`) gains to open its eval series: each is opened
+    once, as a reader of the same class, and closed with the run."""
+
+    path: Path
+
+    def eval_series(self) -> list[str]:
+        """Names of this run's eval series (:meth:`normviz.Recorder.evaluating`) found beside its file."""
+        return list(series_files(self.path))
+
+    def eval(self, name: str = DEFAULT) -> Any:
+        """Eval series ``name`` of this run: a run whose rows are the recorded eval passes, each
+        at the training step it ran in (opened once, closed with this run).
+
+        Raises
+        ------
+        MissingDataError
+            The run has no such series.
+        """
+        opened: dict[str, Any] = self.__dict__.setdefault("_opened_series", {})
+        if name not in opened:
+            path = series_path(self.path, name)
+            if not path.exists():
+                known = ", ".join(self.eval_series()) or "none"
+                raise MissingDataError(f"{self.path}: no eval series {name!r} (recorded: {known})")
+            opened[name] = type(self)(path)  # type: ignore[call-arg]
+        return opened[name]
+
+    def _close_series(self) -> None:
+        for run in self.__dict__.pop("_opened_series", {}).values():
+            run.close()
