@@ -20,7 +20,7 @@ import numpy as np
 
 from normviz.errors import MissingDataError
 
-__all__ = ["STAT", "bn_gap_findings", "bn_layers", "gap", "output_shift", "wu_johnson_findings"]
+__all__ = ["STAT", "bn_gap_findings", "bn_layers", "gap", "output_shift", "series_names", "wu_johnson_findings"]
 
 STAT = "bn_running_gap"
 
@@ -31,6 +31,12 @@ def bn_layers(run: Any) -> list[str]:
     if entry is None:
         return []
     return list(dict.fromkeys(run.sites[r].layer for r in entry.rows))
+
+
+def series_names(run: Any) -> list[str]:
+    """The eval series of ``run`` (none for a run read without them, e.g. merged rank files)."""
+    names = getattr(run, "eval_series", None)
+    return list(names()) if callable(names) else []
 
 
 def gap(run: Any, layer: str, series: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +73,7 @@ def bn_gap_findings(run: Any, *, last: float = 1.0) -> dict[str, Any]:
     """Per BatchNorm layer, the mean gap |Δμ|/σ over the last ``last`` fraction of rows of the
     training run (``train``) and of each eval series; the last value of each ``test_acc_*`` scalar."""
     layers = bn_layers(run)
-    sources: dict[str, Any] = {"train": None, **{name: name for name in run.eval_series()}}
+    sources: dict[str, Any] = {"train": None, **{name: name for name in series_names(run)}}
     found: dict[str, Any] = {"layers": layers, "gap": {}, "acc": {}}
     for label, series in sources.items():
         per_layer = {}

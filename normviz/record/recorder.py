@@ -243,20 +243,21 @@ class Recorder:
             raise NormvizError("Recorder.evaluating() called after close()")
         if self._evaluating:
             raise UsageError("Recorder.evaluating() blocks do not nest")
-        recorder = self._eval.get(series)
-        if recorder is None:
-            recorder = self._eval[series] = evaluation.begin_series(self, series)
+        if series not in self._eval:  # None if it could not be made (said once): not tried again
+            self._eval[series] = evaluation.begin_series(self, series)
+        target = self._eval[series]
+        # The training hooks stay as they are but observe nothing until the block ends.
         paused, self._hooks.arming.armed = self._hooks.arming.armed, False
         self._evaluating = True
-        if recorder is not None:
-            recorder.begin(self._step)
+        if target is not None:
+            target.begin(self._step)
         try:
             yield
         finally:
             self._evaluating = False
             self._hooks.arming.armed = paused
-            if recorder is not None:
-                recorder.end()
+            if target is not None:
+                target.end()
 
     def begin_forward(self) -> None:
         """Mark the start of a forward pass that does not go through ``model(...)``
@@ -278,9 +279,9 @@ class Recorder:
             return
         self._closed = True
         try:
-            for recorder in self._eval.values():
-                if recorder is not None:
-                    recorder.close()
+            for eval_series in self._eval.values():
+                if eval_series is not None:
+                    eval_series.close()
             for handle in self._grad_handles:
                 handle.remove()
             self._grad_handles.clear()

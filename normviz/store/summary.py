@@ -33,6 +33,7 @@ def info_dict(run: Any) -> dict[str, Any]:
             for layer in run.layers
         ],
         "meta": {k: v for k, v in run.meta.items() if k != "model"},
+        "eval_series": run.eval_series() if hasattr(run, "eval_series") else [],
     }
 
 
@@ -47,8 +48,10 @@ def info_lines(run: Any) -> list[str]:
         f"{data['steps_seen']} steps seen, "
         f"{'closed cleanly' if data['clean'] else 'not closed (still being written, or killed)'}",
         f"  scalars: {', '.join(data['scalars']) or '-'}",
-        "  layers:",
     ]
+    if data["eval_series"]:
+        lines.append(f"  eval series: {', '.join(data['eval_series'])} (Run.eval(name); files beside this one)")
+    lines.append("  layers:")
     for layer in data["layers"]:
         kind = layer["kind"] or "-"
         lines.append(f"    {layer['name'] or '<root>':<28} {kind:<9} {layer['module_type']:<20} "

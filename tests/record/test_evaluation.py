@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +131,10 @@ def test_one_pass_per_step_and_series_and_named_series_have_their_own_file(tmp_p
     # A folder of runs lists the training run only; its series come with it.
     paths, _ = collect_runs([str(tmp_path)])
     assert [p.name for p in paths] == ["run.h5"]
+    proc = subprocess.run([sys.executable, "-m", "normviz", "info", str(tmp_path / "run.h5"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["eval_series"] == ["eval", "test"]
 
 
 def test_stale_series_files_are_refused_or_replaced_with_the_run(tmp_path):

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from normviz.analysis.bn_gap import STAT, bn_layers, gap, output_shift
+from normviz.analysis.bn_gap import STAT, bn_layers, gap, output_shift, series_names
 from normviz.errors import MissingDataError
 from normviz.plot import common
 
@@ -46,7 +46,7 @@ def _read(run: Any, layer: str | None, last: float) -> dict[str, Any]:
     chosen = layers[-1] if layer is None else layer
     if chosen not in layers:
         raise MissingDataError(f"{run.path}: {chosen!r} has no {STAT!r}; BatchNorm layers: {layers}", statistic=STAT)
-    have = set(run.eval_series())
+    have = set(series_names(run))
     out: dict[str, Any] = {"layers": layers, "layer": chosen, "depth": {}, "over": {}, "shift": {}}
     end = max(float(run.steps[-1]) if len(run.steps) else 1.0, 1.0)
     for series, _, _ in SOURCES:
