@@ -17,6 +17,10 @@ What it does
   one recorded step spans ``k`` batches; its ``loss`` is the sum of the ``k`` normalised
   micro-batch losses Lightning reports (= the mean loss of the window), kept as a device
   tensor: no host synchronisation per step.
+- ``on_validation_batch_start`` / ``_end``: the first batch of each validation run (first
+  dataloader) is an eval pass, recorded as the run's eval series ``eval``
+  (:meth:`normviz.Recorder.evaluating`, ``run.eval.h5``) at the optimizer step it follows,
+  however ``validation_step`` calls the model; the sanity check before training is not.
 - ``on_fit_end``, ``on_exception`` and ``teardown``: close the file (idempotent).
 - Under DDP (``trainer.world_size > 1``) every rank records its own file,
   ``run.h5`` -> ``run.rank0.h5``, ``run.rank1.h5``, …, with rank and world size in the
@@ -89,6 +93,7 @@ class NormvizCallback(Callback):
         self.run_path: Any = None
         self._last_global_step = 0
         self._loss_sum: torch.Tensor | None = None
+        self._eval_block: Any = None  # the open Recorder.evaluating() block of a validation batch
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -138,6 +143,22 @@ class NormvizCallback(Callback):
         self._last_global_step = gs
         self._loss_sum = None
 
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        rec = self.recorder
+        if rec is None or rec.closed or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
+            return
+        self._end_eval()
+        self._eval_block = rec.evaluating()
+        self._eval_block.__enter__()
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._end_eval()
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
 
@@ -149,7 +170,13 @@ class NormvizCallback(Callback):
             self._close()
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _end_eval(self) -> None:
+        block, self._eval_block = self._eval_block, None
+        if block is not None:
+            block.__exit__(None, None, None)
+
     def _close(self) -> None:
+        self._end_eval()
         if self.recorder is not None:
             self.recorder.close()
 

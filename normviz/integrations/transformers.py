@@ -14,6 +14,9 @@ What it does
   model (``trainer.model``; under DDP the hooks sit on the module inside the wrapper).
 - ``on_step_end``: ``rec.step(loss=...)`` once per optimizer step (the Trainer calls it
   once per ``gradient_accumulation_steps`` micro-batches).
+- Evaluation: a forward of the model in eval mode (the Trainer's evaluation loop) is an
+  eval pass; the first one after each optimizer step is recorded as the run's eval series
+  ``eval`` (:meth:`normviz.Recorder.evaluating`, ``run.eval.h5``), as in script mode.
 - ``on_train_end``: closes the file. (The Trainer has no exception event: a run that
   raises is closed when the callback is garbage-collected or at interpreter exit, and
   the file keeps every published row either way — see docs/recording.md.)
@@ -104,6 +107,8 @@ class NormvizCallback(TrainerCallback):
         self._loss_count = 0
         self._loss_summed = False
         self._loss_handle: Any = None
+        self._eval_handles: list[Any] = []
+        self._eval_block: Any = None  # the open Recorder.evaluating() block of an eval-mode forward
 
     def add_loss(self, loss: torch.Tensor, *, summed: bool) -> None:
         """One micro-batch's loss (a detached 0-d tensor, never read here); ``summed``: the model
@@ -125,6 +130,20 @@ class NormvizCallback(TrainerCallback):
         options.setdefault("world_size", world)
         self.recorder = Recorder(model, self.run_path, every=self.every, **options)
         self._loss_handle = model.register_forward_hook(_LossHook(self), with_kwargs=True)
+        self._eval_handles = [model.register_forward_pre_hook(self._eval_begin),
+                              model.register_forward_hook(self._eval_end, always_call=True)]
+
+    def _eval_begin(self, module: torch.nn.Module, args: Any) -> None:
+        rec = self.recorder
+        if module.training or rec is None or rec.closed or self._eval_block is not None:
+            return
+        self._eval_block = rec.evaluating()
+        self._eval_block.__enter__()
+
+    def _eval_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        block, self._eval_block = self._eval_block, None
+        if block is not None:
+            block.__exit__(None, None, None)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         rec = self.recorder
@@ -145,6 +164,9 @@ class NormvizCallback(TrainerCallback):
         if self._loss_handle is not None:
             self._loss_handle.remove()
             self._loss_handle = None
+        for handle in self._eval_handles:
+            handle.remove()
+        self._eval_handles = []
         if self.recorder is not None:
             self.recorder.close()
 

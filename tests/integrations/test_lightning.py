@@ -154,6 +154,37 @@ def test_exception_closes_the_file(tmp_path):
         assert list(run.steps) == [0, 1, 2]
 
 
+def test_the_first_validation_batch_is_the_eval_series(tmp_path):
+    class Validated(TinyModule):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)  # a submodule, not self(x)
+
+    torch.manual_seed(0)
+    model = Validated()
+    cb = NormvizCallback(tmp_path / "val.h5")
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=6, val_check_interval=2, callbacks=[cb], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, loader(), loader(24))
+    with normviz.open(cb.run_path) as run:
+        assert list(run.steps) == list(range(6))
+        ev = run.eval()
+        # After optimizer steps 2, 4 and 6 (the sanity check before training is not recorded).
+        assert ev.steps.tolist() == [2, 4, 6]
+        assert ev.stat("numel", "net.0", "output").tolist() == [8 * 16] * 3  # one batch of 8
+        # The last pass ran on the final weights: the first validation batch through the
+        # BatchNorm in eval mode (its running statistics), against float64.
+        x = loader(24).dataset.tensors[0][:8].double()
+        net = model.net.double().eval()
+        with torch.no_grad():
+            want = net[1](net[0](x)).mean(0).numpy()
+        np.testing.assert_allclose(ev.stat("channel_mean", "net.1", "output")[-1], want, rtol=1e-4, atol=1e-5)
+
+
 def test_rank_path():
     from normviz.integrations import rank_path
 

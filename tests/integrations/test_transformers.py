@@ -68,7 +68,9 @@ def train(tmp_path, name: str, steps: int = 4, **args_kwargs):
         seed=0,
         **args_kwargs,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=TokenDataset(), callbacks=[cb, probe])
+    evaluating = args_kwargs.get("eval_strategy", "no") != "no"
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=TokenDataset(), callbacks=[cb, probe],
+                                   eval_dataset=TokenDataset(8) if evaluating else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
@@ -99,3 +101,22 @@ def test_trainer_callback_records(tmp_path, case, kwargs):
         np.testing.assert_allclose(gn[:, names.index("model.layers.0.mlp.down_proj")], probe.norms, rtol=1e-5)
         if "max_grad_norm" in kwargs:
             assert (np.sqrt((gn.astype(np.float64) ** 2).sum(axis=1)) <= 0.1 * 1.001).all()
+
+
+def test_the_trainers_evaluation_is_the_eval_series(tmp_path):
+    run, _, trainer = train(tmp_path, "evaluated", eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+    with run:
+        assert list(run.steps) == [0, 1, 2, 3]
+        ev = run.eval()
+        # Evaluated after optimizer steps 2 and 4: the first eval batch of each evaluation.
+        assert ev.steps.tolist() == [2, 4]
+        assert ev.stat("numel", "model.norm", "input").tolist() == [4 * SEQ * 32] * 2
+        # The final evaluation ran on the final weights: its first batch's final-norm output.
+        model = trainer.model.eval()
+        captured = []
+        handle = model.model.norm.register_forward_hook(lambda m, a, out: captured.append(out.detach().double()))
+        with torch.no_grad():
+            model(input_ids=TokenDataset(8).ids[:4])
+        handle.remove()
+        want = captured[0].reshape(-1, 32).mean(0).numpy()
+        np.testing.assert_allclose(ev.stat("channel_mean", "model.norm", "output")[-1], want, rtol=1e-4, atol=1e-5)
