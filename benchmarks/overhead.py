@@ -231,11 +231,12 @@ class BareAgain(Bare):
 
 
 class NormvizVariant(Variant):
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, compiled: bool = False) -> None:
         self.every = every
         self.period = every
-        self.name = f"normviz-every{every}"
-        self.label = f"normviz every={every}"
+        self.compiled = compiled  # Recorder(compile=True): the one-pass compiled site reductions
+        self.name = f"normviz-every{every}" + ("-compiled" if compiled else "")
+        self.label = f"normviz every={every}" + (", compile=True" if compiled else "")
 
     def check(self) -> None:
         try:
@@ -253,7 +254,8 @@ class NormvizVariant(Variant):
         import normviz
 
         path = session.workdir / f"{session.model_name}-{self.name}-r{session.round}.h5"
-        with normviz.Recorder(model, path, every=self.every) as rec:
+        options = {"compile": True} if self.compiled else {}
+        with normviz.Recorder(model, path, every=self.every, **options) as rec:
 
             def on_step(loss: Tensor) -> None:
                 rec.step(loss=loss)
@@ -425,6 +427,8 @@ def make_variants() -> dict[str, Variant]:
         BareAgain(),
         NormvizVariant(1),
         NormvizVariant(10),
+        NormvizVariant(1, compiled=True),
+        NormvizVariant(10, compiled=True),
         TensorBoardVariant(),
         FastaiVariant(),
         WandbVariant(),
@@ -750,7 +754,7 @@ def environment(variants: list[Variant], memory: PeakMemory, argv: list[str]) ->
         "h5py": _dist_version("h5py"),
     }
     for variant in variants:
-        key = {"normviz-every1": "normviz", "normviz-every10": "normviz"}.get(variant.name, variant.name)
+        key = "normviz" if variant.name.startswith("normviz-every") else variant.name
         if key in ("bare", "bare-again", "item-hooks"):
             continue
         versions[key] = variant.version() or versions.get(key) or "not installed"

@@ -70,6 +70,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Output folder (built-in experiments); FILE.h5 or an existing folder (SCRIPT).")
 @click.option("--overwrite", is_flag=True, help="Replace run files that already exist in --out.")
 @click.option("--stat", "stats", help="Opt-in statistics, comma-separated, on every layer (see `normviz plugins`).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Compiled one-pass site statistics (Recorder(compile=True)): seconds to compile, then faster.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings and errors (no progress bar, no file list).")
 def record(
     script: str | None,
@@ -84,6 +86,7 @@ def record(
     out: str | None,
     overwrite: bool,
     stats: str | None,
+    compile_: bool,
     quiet: bool,
 ) -> None:
     """Record runs: the built-in experiments (default: the seed's MLP and CNN) or SCRIPT.
@@ -112,9 +115,10 @@ def record(
             click.echo(f"{exp.name:<{width}}{','.join(exp.kinds):<40} {exp.description}{default}")
         return
     extra = _opt_in(stats)
+    recorder_options: dict[str, Any] = {"compile": True} if compile_ else {}
     if script is not None:
         _record_script(Path(script), list(script_args), out, every=every, steps=steps, seed=seed, overwrite=overwrite,
-                       quiet=quiet, statistics=extra)
+                       quiet=quiet, options={**recorder_options, **({"statistics": extra} if extra else {})})
         return
     names = _split(experiments) or list(DEFAULT_EXPERIMENTS)
     for name in names:
@@ -153,7 +157,7 @@ def record(
             path = folder / f"{exp.name}-{kind}.h5"
             bar.set_postfix_str(path.name)
             try:
-                options: dict[str, Any] = {"overwrite": overwrite}
+                options: dict[str, Any] = {"overwrite": overwrite, **recorder_options}
                 if extra:  # the experiment's own opt-ins, and every layer for those asked for
                     own = exp.statistics if isinstance(exp.statistics, dict) else {s: ["*"] for s in exp.statistics}
                     options["statistics"] = {**own, **{s: ["*"] for s in extra}}
@@ -188,7 +192,7 @@ def _opt_in(stats: str | None) -> list[str]:
 
 def _record_script(
     script: Path, argv: list[str], out: str | None, *, every: int, steps: int | None, seed: int, overwrite: bool,
-    quiet: bool, statistics: list[str] | None = None,
+    quiet: bool, options: dict[str, Any],
 ) -> None:
     """``normviz record SCRIPT -- ARGS``: run an unmodified script with recording attached."""
     from normviz.record.script import ScriptRecorder
@@ -219,7 +223,7 @@ def _record_script(
     if path.exists() and not overwrite:
         raise NormvizError(f"{path}: file exists; normviz never overwrites a run (use --overwrite)")
     recorder = ScriptRecorder(path, every=every, max_steps=steps, overwrite=overwrite, seed=seed, label=script.stem,
-                              **({"statistics": statistics} if statistics else {}))
+                              **options)
 
     def kept() -> str:
         return f"the {recorder.steps} steps recorded before are in {path}" if recorder.steps else "nothing was recorded"

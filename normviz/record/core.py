@@ -25,6 +25,7 @@ import torch
 
 from normviz.datatypes import NormSpec
 from normviz.record import stats as S
+from normviz.record.fused import FusedReductions
 
 #: Statistics the fused path produces (their Statistic entries are marked ``fused=True``).
 FUSED = (
@@ -127,22 +128,29 @@ def observe(
     gen: torch.Generator,
     base: CoreObs | None = None,
     borrowed: Borrowed | None = None,
+    fused: FusedReductions | None = None,
 ) -> CoreObs:
     """The in-hook part: a few passes over *x* (shifted sums, min/max), a sample, no host sync.
 
     *base* is an observation of the very same tensor made earlier in the step (a
     convolution's output is the next BatchNorm's input): its passes are reused and
     only the normalization groups are added. *borrowed* statistics replace the passes
-    they make unnecessary.
+    they make unnecessary. *fused* (``Recorder(compile=True)``) computes moments and
+    extrema in one compiled pass where it can.
     """
     if x.dim() == 0:
         x = x.reshape(1)
     if base is None:
         if borrowed is not None and borrowed.mean_c is not None and borrowed.var_c is not None:
             mean_c, var_c = borrowed.mean_c, borrowed.var_c
+            min_c, max_c = S.channel_extrema(x, channel_dim)
         else:
-            mean_c, var_c = S.channel_moments(x, channel_dim)
-        min_c, max_c = S.channel_extrema(x, channel_dim)
+            one_pass = fused.channels(x, channel_dim) if fused is not None else None
+            if one_pass is not None:
+                mean_c, var_c, min_c, max_c = one_pass
+            else:
+                mean_c, var_c = S.channel_moments(x, channel_dim)
+                min_c, max_c = S.channel_extrema(x, channel_dim)
         sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
         base = CoreObs(mean_c, var_c, min_c, max_c, sample, x.numel())
     group = None
@@ -156,7 +164,7 @@ def observe(
     return CoreObs(base.mean_c, base.var_c, base.min_c, base.max_c, base.sample, base.numel, group, base.inst)
 
 
-def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
+def observe_instances(x: torch.Tensor, gen: torch.Generator, fused: FusedReductions | None = None) -> CoreObs | None:
     """Observe an (N, C, ...) tensor through its per-(sample, channel) moments and extrema.
 
     Moments (:func:`~normviz.record.stats.instance_moments`) and amin/amax along each (n, c)
@@ -167,9 +175,13 @@ def observe_instances(x: torch.Tensor, gen: torch.Generator) -> CoreObs | None:
     if x.dim() < 3 or x.dtype != torch.float32 or not x.is_contiguous() or x[0, 0].numel() < 2:
         return None
     n, c = x.shape[0], x.shape[1]
-    rows = x.view(n * c, -1)
-    mean, var = S.instance_moments(x)
-    inst = InstanceMoments(mean.view(n, c), var.view(n, c), rows.amin(1).view(n, c), rows.amax(1).view(n, c))
+    one_pass = fused.rows(x) if fused is not None else None
+    if one_pass is not None:
+        mean, var, lo, hi = one_pass
+    else:
+        rows = x.view(n * c, -1)
+        (mean, var), lo, hi = S.instance_moments(x), rows.amin(1), rows.amax(1)
+    inst = InstanceMoments(mean.view(n, c), var.view(n, c), lo.view(n, c), hi.view(n, c))
     mean_c, var_c = S.pool(inst.mean, inst.var)
     sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
     return CoreObs(mean_c, var_c, inst.lo.amin(0), inst.hi.amax(0), sample, x.numel(), inst=inst)

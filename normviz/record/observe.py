@@ -138,6 +138,7 @@ class Observer:
         self.feeds_norm: dict[str, str] = {}
         self.disabled_stats: set[str] = set()
         self.frozen = False  # the file's layout is fixed: a new site is not recorded
+        self.fused: core.FusedReductions | None = None  # compiled one-pass reductions (Recorder(compile=True))
         self._gens: dict[torch.device, torch.Generator] = {}
         self._pending_warned = False
         self._late_sites_warned = False
@@ -239,7 +240,7 @@ class Observer:
             elif base is not None and _can_claim(module, x, borrowed):
                 hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
             if base is None and type(module) is nn.GroupNorm:
-                base = core.observe_instances(x, gen)
+                base = core.observe_instances(x, gen, self.fused)
                 if base is not None and reuse:
                     self.seen[ident] = (weakref.ref(x), base, st)
         elif st.lazy and base is None and not st.extras and reuse:
@@ -255,7 +256,7 @@ class Observer:
         elif derive_from is not None and base is None and derive_from.inst is not None:
             obs = core.derive_groupnorm_output(x, derive_from, module, gen)  # type: ignore[arg-type]
         else:
-            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed)
+            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed, fused=self.fused)
         out[CORE] = obs
         if base is None and reuse:
             self.seen[ident] = (weakref.ref(x), obs, st)
@@ -304,9 +305,9 @@ class Observer:
             self.feeds_norm.setdefault(pending_st.site.layer, st.site.layer)
         base = None
         if type(module) is nn.GroupNorm:
-            base = core.observe_instances(x, gen)
+            base = core.observe_instances(x, gen, self.fused)
         if base is None:
-            base = core.observe(x, st.site.channel_dim, None, gen, borrowed=borrowed)
+            base = core.observe(x, st.site.channel_dim, None, gen, borrowed=borrowed, fused=self.fused)
         self.results.setdefault(key, {})[CORE] = base
         self.seen[ident] = (weakref.ref(x), base, pending_st)
         return base
@@ -333,7 +334,7 @@ class Observer:
                     )
                 continue
             with torch.no_grad():
-                obs = core.observe(x, st.site.channel_dim, None, self.gen(x.device))
+                obs = core.observe(x, st.site.channel_dim, None, self.gen(x.device), fused=self.fused)
             self.results.setdefault(key, {})[CORE] = obs
         self.pending = kept
 

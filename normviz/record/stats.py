@@ -61,8 +61,9 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
         # (values, channels): PyTorch's batch-norm statistics kernel is 1.1-3x faster on CPU
         # than the shifted sums below and more precise (two passes, wide accumulators).
         _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
-        # With eps = 0 the kernel reports a constant channel as invstd 0, not inf.
-        var = torch.where((invstd == 0) & torch.isfinite(mean), 0.0, invstd.reciprocal().square())
+        # With eps = 0 the kernel reports a constant channel as invstd 0, not inf: its 1/0² = inf
+        # becomes 0, a NaN stays NaN (two ops where a mask took eight).
+        var = torch.nan_to_num(invstd.pow(-2), nan=math.nan, posinf=0.0)
         return mean, var
     dims = reduce_dims(x.dim(), cd)
     index: list[int | slice] = [0] * x.dim()
