@@ -229,7 +229,7 @@ def bench(name: str, device: torch.device, quick: bool, rounds: int, steps: int,
             rec = None
             if every is not None:
                 path = folder / f"{tag}-{v}-{r}.h5"
-                rec = normviz.Recorder(model, path, every=every)
+                rec = normviz.Recorder(model, path, every=every, **RECORDER_OPTIONS)
                 state["rec"] = rec
                 t0 = time.perf_counter()
                 step()  # the first recorded step fixes the layout (and compiles its graph): excluded
@@ -270,7 +270,7 @@ def kernel_budget(model: nn.Module, step: Callable[[], None], state: dict[str, n
     """Kernels (CPU: ATen operations) of a bare step and of a recorded one (after the first),
     and the budget of 3 per recorded site + 20."""
     bare = count_kernels(step, device)
-    rec = state["rec"] = normviz.Recorder(model, path, every=1)
+    rec = state["rec"] = normviz.Recorder(model, path, every=1, **RECORDER_OPTIONS)
     step()  # the first recorded step: layout, file
     recorded = count_kernels(step, device)
     rec.close()
@@ -287,7 +287,7 @@ def check_no_sync(model: nn.Module, loss_fn: Callable[[], torch.Tensor], opt: to
     if device.type != "cuda":
         return "skipped (not CUDA)"
     found = []
-    with normviz.Recorder(model, path) as rec:
+    with normviz.Recorder(model, path, **RECORDER_OPTIONS) as rec:
         for i in range(3):
             opt.zero_grad(set_to_none=True)
             torch.cuda.set_sync_debug_mode("error")
@@ -328,6 +328,10 @@ def summary_line(res: dict[str, Any]) -> str:
     return line
 
 
+#: Options of every Recorder the benchmark makes (``--compile-stats``: compiled site statistics).
+RECORDER_OPTIONS: dict[str, Any] = {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -337,7 +341,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compile", action="store_true", help="also the torch.compile'd model (inductor, fullgraph)")
+    parser.add_argument("--compile-stats", action="store_true",
+                        help="record with Recorder(compile=True): the compiled one-pass site statistics")
     args = parser.parse_args()
+    if args.compile_stats:
+        RECORDER_OPTIONS["compile"] = True
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu --quick for the smoke test", file=sys.stderr)
@@ -346,7 +354,7 @@ def main() -> int:
     steps = args.steps or (2 if args.quick else 10)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {card}; torch {torch.__version__}; CUDA {torch.version.cuda}; normviz {normviz.__version__}; "
-          f"rounds {rounds} x {steps} steps")
+          f"rounds {rounds} x {steps} steps; recorder options {RECORDER_OPTIONS or 'default'}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
