@@ -71,7 +71,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace run files that already exist in --out.")
 @click.option("--stat", "stats", help="Opt-in statistics, comma-separated, on every layer (see `normviz plugins`).")
 @click.option("--compile", "compile_", is_flag=True,
-              help="Compiled one-pass site statistics (Recorder(compile=True)): seconds to compile, then faster.")
+              help="Compiled one-pass site statistics (Recorder(compile=True)): fewer kernels, seconds to compile.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings and errors (no progress bar, no file list).")
 def record(
     script: str | None,

@@ -85,8 +85,9 @@ class Recorder:
         Seed of the recorder's own sampling generator (the global RNGs are never used).
     compile:
         Compute each site's moments and extrema in one ``torch.compile``d pass where the
-        layout allows (:mod:`normviz.record.fused`): seconds of compiling at the first
-        recorded step, less time per recorded step after. Off by default.
+        layout allows (:mod:`normviz.record.fused`): one or two kernels per site instead of
+        about six, for seconds of compiling at the first recorded step (docs/recording.md).
+        Off by default.
     """
 
     def __init__(
