@@ -31,11 +31,11 @@ def chunks(width: int | None, itemsize: int, rows: int) -> tuple[int, ...]:
     """
     if width is None:
         return (4096,)
-    row_bytes = max(width * itemsize, 1)
-    rows = max(1, min(rows, (CHUNK_BYTES * 4) // row_bytes)) if width <= 2 * COLUMN_BLOCK else max(1, rows)
-    if width > 2 * COLUMN_BLOCK:
-        return (rows, COLUMN_BLOCK)
-    return (rows, max(width, 1))
+    # At most 1 MiB a chunk: a flush of more rows fills several (flush_every=10**9 once asked
+    # HDF5 for a chunk of 10**9 rows, and the write failed).
+    columns = COLUMN_BLOCK if width > 2 * COLUMN_BLOCK else max(width, 1)
+    rows = max(1, min(rows, (CHUNK_BYTES * 4) // max(columns * itemsize, 1)))
+    return (rows, columns)
 
 
 def create_rows(

@@ -60,3 +60,19 @@ def test_chunks_hold_one_flush_and_wide_datasets_split_columns() -> None:
     assert datasets.chunks(100, 4, 10) == (10, 100)
     assert datasets.chunks(4800, 4, 10) == (10, datasets.COLUMN_BLOCK)
     assert datasets.chunks(None, 8, 10) == (4096,)
+    # however many rows a flush holds, a chunk stays at most 1 MiB
+    assert datasets.chunks(4800, 4, 10**9) == (1024, datasets.COLUMN_BLOCK)
+    assert datasets.chunks(100, 4, 10**9) == (2621, 100)
+
+
+def test_a_flush_that_never_comes_still_writes(tmp_path) -> None:
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(8, 700), nn.BatchNorm1d(700), nn.Linear(700, 1))  # wide datasets
+    with normviz.Recorder(model, tmp_path / "r.h5", flush_every=10**9, flush_secs=1e9) as rec:
+        for _ in range(3):
+            model(torch.randn(16, 8)).sum().backward()
+            rec.step()
+    with normviz.open(tmp_path / "r.h5") as run:
+        assert run.steps.tolist() == [0, 1, 2] and run.status["clean"] == 1
