@@ -15,7 +15,7 @@ above B = 128 (1/√B predicts 8); at ``norm3`` the EMA of B = 128 at a constant
 20x further from the eval batches than the population statistics are. Below, over training:
 that gap of ``norm3``, and how far its eval-mode output moves from its training-mode output.
 The EMA's test accuracy at B = 128, constant learning rate, is 0.54 against 0.91 with
-PreciseBN; after a cosine decay both give 0.88.
+PreciseBN; after a cosine decay 0.88 against 0.89.
 
     python gallery/plot_paper_wu_johnson_bn.py   # writes gallery/images/plot_paper_wu_johnson_bn.png
 """
