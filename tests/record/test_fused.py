@@ -119,3 +119,29 @@ def test_record_compile_option(tmp_path):
     with normviz.open(tmp_path / "seed-cnn-group.h5") as run:
         compiled = run.meta["compiled_statistics"]
         assert compiled["failed"] is None and compiled["layouts"] == ["channels_first"]
+
+
+def test_gradient_reductions_batched_as_off_the_cpu_equal_the_per_tensor_ones():
+    from normviz.record import reductions
+
+    gen = torch.Generator().manual_seed(2)
+    tensors = [torch.randn(64, 64, 3, 3, generator=gen), torch.randn(64, generator=gen), torch.zeros(0),
+               torch.randn(300, 300, generator=gen).t(), torch.randn(50, generator=gen).to(torch.bfloat16)]
+    np.testing.assert_allclose(reductions.sq_norms(tensors, batch=True), reductions.sq_norms(tensors, batch=False),
+                               rtol=1e-5)
+    for a, b in zip(reductions.abs_sum_max(tensors, batch=True), reductions.abs_sum_max(tensors, batch=False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert not reductions.use_foreach(tensors, None)  # on CPU the per-tensor ops are faster
+
+
+def test_a_run_with_the_batched_gradient_reductions_records_the_same(tmp_path, monkeypatch):
+    from normviz.record import reductions
+
+    record(tmp_path / "per_tensor.h5", False)
+    monkeypatch.setattr(reductions, "use_foreach", lambda tensors, batch: True)  # as on a GPU
+    record(tmp_path / "batched.h5", False)
+    with normviz.open(tmp_path / "per_tensor.h5") as a, normviz.open(tmp_path / "batched.h5") as b:
+        for stat in ("grad_norm", "grad_abs_mean", "grad_abs_max", "weight_norm", "update_ratio", "update_angle"):
+            names, want = a.grad(stat)
+            assert b.grad(stat)[0] == names
+            np.testing.assert_allclose(b.grad(stat)[1], want, rtol=2e-5, atol=1e-7, err_msg=stat)
