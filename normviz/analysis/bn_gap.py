@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from normviz.analysis.findings import last_finite
 from normviz.errors import MissingDataError
 
-__all__ = ["STAT", "bn_gap_findings", "bn_layers", "gap", "output_shift", "series_names", "wu_johnson_findings"]
+__all__ = ["STAT", "bn_gap_findings", "bn_layers", "gap", "mean_gaps", "output_shift", "series_names",
+           "wu_johnson_findings"]
 
 STAT = "bn_running_gap"
 
@@ -64,9 +66,15 @@ def output_shift(run: Any, layer: str, series: str = "eval") -> tuple[np.ndarray
     return steps, out
 
 
-def _last_finite(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite[-1]) if finite.size else math.nan
+def mean_gaps(run: Any, series: str | None = None, *, last: float = 1.0) -> dict[str, float]:
+    """Per BatchNorm layer, the mean gap |Δμ|/σ over the last ``last`` fraction of the rows of the
+    training run, or of its eval series ``series`` (NaN for a layer with no finite value there)."""
+    out = {}
+    for layer in bn_layers(run):
+        _, values = gap(run, layer, series)
+        keep = values[-max(1, int(round(len(values) * last))):, 0]
+        out[layer] = float(np.nanmean(keep)) if np.isfinite(keep).any() else math.nan
+    return out
 
 
 def bn_gap_findings(run: Any, *, last: float = 1.0) -> dict[str, Any]:
@@ -76,18 +84,13 @@ def bn_gap_findings(run: Any, *, last: float = 1.0) -> dict[str, Any]:
     sources: dict[str, Any] = {"train": None, **{name: name for name in series_names(run)}}
     found: dict[str, Any] = {"layers": layers, "gap": {}, "acc": {}}
     for label, series in sources.items():
-        per_layer = {}
-        for layer in layers:
-            try:
-                _, values = gap(run, layer, series)
-            except MissingDataError:
-                continue
-            keep = values[-max(1, int(round(len(values) * last))):, 0]
-            per_layer[layer] = float(np.nanmean(keep)) if np.isfinite(keep).any() else math.nan
-        found["gap"][label] = per_layer
+        try:
+            found["gap"][label] = mean_gaps(run, series, last=last)
+        except MissingDataError:  # a series recorded without the statistic
+            found["gap"][label] = {}
     for name in run.scalar_names:
         if name.startswith("test_acc_"):
-            found["acc"][name[len("test_acc_"):]] = _last_finite(run.scalar(name))
+            found["acc"][name[len("test_acc_"):]] = last_finite(run.scalar(name))
     return found
 
 

@@ -32,7 +32,8 @@ __all__ = [
 SMOOTHING_COPIES: tuple[str, ...] = ("ce", "seed", "torch")
 
 
-def _last_finite(values: np.ndarray) -> float:
+def last_finite(values: np.ndarray) -> float:
+    """The last finite value of a series (NaN if it has none)."""
     finite = values[np.isfinite(values)]
     return float(finite[-1]) if finite.size else math.nan
 
@@ -71,7 +72,7 @@ def label_smoothing_findings(run: Any, *, last: int = 5) -> dict[str, dict[str, 
             "max": float(run.stat("max", layer, steps=rows).mean()),
             "range": float((pct[:, levels.index(99.0)] - pct[:, levels.index(1.0)]).mean()),
             "rms": float(np.sqrt(mean**2 + std**2).mean()),
-            "test_acc": _last_finite(run.scalar(f"test_acc_{name}")),
+            "test_acc": last_finite(run.scalar(f"test_acc_{name}")),
         }
     return out
 
@@ -100,7 +101,7 @@ def ioffe_findings(run: Any, *, layer: str = "norm3", t0: int = 100, acc_step: i
         "shift": float(np.median(shift)),
         "pooled_spread_ratio": float(pooled_spread[-1] / pooled_spread[a]),
         "acc_early": _at_step(run, "test_acc", acc_step),
-        "acc_final": _last_finite(run.scalar("test_acc")),
+        "acc_final": last_finite(run.scalar("test_acc")),
         "t0": float(steps[a]),
         "T": float(steps[-1]),
     }

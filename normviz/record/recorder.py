@@ -119,7 +119,6 @@ class Recorder:
             raise UsageError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.path = Path(path)
         # The run's eval series (files beside it) belong to it: stale ones are refused or replaced with it.
-        self._series_name = _series  # the eval series this recorder writes (normviz.record.evaluation)
         stale = [] if _series else list(series.series_files(self.path).values())
         for existing in [p for p in (self.path, *stale) if p.exists()]:
             if not overwrite:

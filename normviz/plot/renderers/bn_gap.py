@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from normviz.analysis.bn_gap import STAT, bn_layers, gap, output_shift, series_names
+from normviz.analysis.bn_gap import STAT, bn_layers, gap, mean_gaps, output_shift, series_names
 from normviz.errors import MissingDataError
 from normviz.plot import common
 
@@ -52,14 +52,9 @@ def _read(run: Any, layer: str | None, last: float) -> dict[str, Any]:
     for series, _, _ in SOURCES:
         if series is not None and series not in have:
             continue
-        per_layer = []
-        for name in layers:
-            steps, values = gap(run, name, series)
-            keep = values[-max(1, int(round(len(values) * last))):, 0]
-            per_layer.append(float(np.nanmean(keep)) if np.isfinite(keep).any() else np.nan)
-            if name == chosen:
-                out["over"][series] = (np.asarray(steps, dtype=np.float64), values[:, 0])
-        out["depth"][series] = np.array(per_layer)
+        out["depth"][series] = np.array(list(mean_gaps(run, series, last=last).values()))
+        steps, values = gap(run, chosen, series)
+        out["over"][series] = (np.asarray(steps, dtype=np.float64), values[:, 0])
         if series is not None:
             steps, shift = output_shift(run, chosen, series)
             out["shift"][series] = (np.asarray(steps, dtype=np.float64), shift)
