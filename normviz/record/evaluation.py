@@ -68,8 +68,11 @@ class EvalSeries:
             rec._observer.end_step()
 
     def close(self) -> None:
-        """Write what is pending and close the series' file."""
+        """Write what is pending and close the series' file; a series none of whose passes ran
+        a recorded layer leaves no file (it would claim a series with no row)."""
         self.recorder.close()
+        if self._last_step < 0:
+            self.recorder.path.unlink(missing_ok=True)
 
 
 def begin_series(parent: Recorder, name: str) -> EvalSeries | None:

@@ -137,6 +137,18 @@ def test_one_pass_per_step_and_series_and_named_series_have_their_own_file(tmp_p
     assert json.loads(proc.stdout)["eval_series"] == ["eval", "test"]
 
 
+def test_a_marked_pass_that_ran_nothing_leaves_no_series_file(tmp_path):
+    model = cnn()
+    with normviz.Recorder(model, tmp_path / "run.h5") as rec:
+        model(torch.randn(4, 3, 8, 8)).sum().backward()
+        rec.step()
+        with rec.evaluating():
+            pass  # no forward pass of the model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+    with normviz.open(tmp_path / "run.h5") as run:
+        assert run.eval_series() == []
+
+
 def test_stale_series_files_are_refused_or_replaced_with_the_run(tmp_path):
     (tmp_path / "run.eval.h5").write_bytes(b"stale")
     with pytest.raises(NormvizError, match="run.eval.h5: file exists"):
