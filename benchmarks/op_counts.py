@@ -5,11 +5,16 @@ launch on CUDA), counted on CPU.
     python benchmarks/op_counts.py --models resnet8-bn transformer-ln
 
 Each model of ``benchmarks/overhead.py`` trains a few steps bare, then with ``Recorder(every=1)``
-and with ``Recorder(every=10)``; one step of each (after a warm-up step, so that the file's
-one-time creation is not counted) runs under a ``TorchDispatchMode`` that counts every ATen
-operation dispatched below autograd — forward, backward, optimizer and ``rec.step()``, the ops
-a GPU would launch kernels for. Views (``is_view``) launch nothing and are counted apart.
-The budget from the fused-statistics issue: at most 3 extra ops per recorded site + 20 per step.
+and with ``Recorder(every=10)``; one step of each (the third: after the file's one-time
+creation at step 0, and after step 1, where what a recorder caches from step to step is
+built once) runs under a ``TorchDispatchMode`` that counts every ATen operation dispatched
+below autograd — forward, backward, optimizer and ``rec.step()``, the ops a GPU would launch
+kernels for. Views (``is_view``) launch nothing and are counted apart. The budget from the
+fused-statistics issue: at most 3 extra ops per recorded site + 20 per step.
+
+``--device-path`` counts the ops a GPU run chooses (``normviz.record.reductions.device_kernels``:
+one ``aminmax`` instead of ``amin`` + ``amax``, ``_foreach_norm`` instead of per-tensor
+reductions), which on a CPU are slower than the ones it picks there.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py, beside 
 import overhead  # noqa: E402
 
 import normviz  # noqa: E402
+from normviz.record import reductions  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
@@ -51,9 +57,9 @@ class OpCounter(TorchDispatchMode):
 
 def count_step(spec: overhead.ModelSpec, every: int | None, folder: Path,
                statistics: Sequence[str] = ()) -> tuple[Counter[str], int, int]:
-    """(ops by name, views, recorded sites) of one training step after a warm-up step; ``every``
-    None: bare. With ``every=10`` the counted step is one that is not recorded. ``statistics``:
-    opt-in statistics to record too."""
+    """(ops by name, views, recorded sites) of one training step after two warm-up steps;
+    ``every`` None: bare. With ``every=10`` the counted step is one that is not recorded.
+    ``statistics``: opt-in statistics to record too."""
     torch.manual_seed(0)
     model, opt = spec.build()
     x, y = spec.data(torch.Generator().manual_seed(0))
@@ -69,11 +75,12 @@ def count_step(spec: overhead.ModelSpec, every: int | None, folder: Path,
 
     after: Callable[[torch.Tensor], None] = (lambda loss: None) if rec is None else (lambda loss: rec.step(loss=loss))
     step(after)  # step 0: recorded in both recorder variants; creates the file
+    step(after)  # step 1: what is kept from step to step is built
     if rec is not None:
         rec.flush()
     counter = OpCounter()
     with counter:
-        step(after)  # step 1: recorded with every=1, not with every=10
+        step(after)  # step 2: recorded with every=1, not with every=10
     sites = 0
     if rec is not None:
         rec.close()
@@ -88,7 +95,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=6, help="the most frequent extra ops listed per model")
     ap.add_argument("--stat", action="append", default=[], metavar="NAME",
                     help="an opt-in statistic to record too (repeatable), to measure its cost")
+    ap.add_argument("--device-path", action="store_true",
+                    help="count the ops a GPU run chooses (see the module's docstring)")
     args = ap.parse_args()
+    reductions.FORCE_DEVICE_PATH = args.device_path
     torch.set_num_threads(2)
     t0 = time.time()
     rows = []

@@ -1,10 +1,13 @@
 """The fused core statistics, device side: a few full-tensor passes per site, the rest batched.
 
 In the forward hook each site does only what needs the whole tensor: per-channel
-sums (shifted, for float32 accuracy), per-channel min/max, a random sample, and the
-normalization groups' moments for norm layers. At the end of a recorded step
-:class:`CoreAssembler` turns every site's observation into flat blocks with a
-handful of batched ops (pooled mean/std, global extrema, the stored channels).
+moments (or a norm layer's own, borrowed), per-channel min/max, a random sample
+(:mod:`normviz.record.sampling`), and the normalization groups' moments for norm
+layers. The arithmetic on channel vectors that follows is left pending
+(:mod:`normviz.record.deferred`) and, at the end of a recorded step,
+:class:`~normviz.record.assemble.CoreAssembler` does it for all sites at once and turns
+every site's observation into flat blocks with a handful of batched ops (pooled
+mean/std, global extrema, the stored channels).
 What needs sorting — percentiles and histograms of the samples, percentiles over
 the normalization groups — and the non-finite estimate are computed on the host,
 in the writer's thread, by :mod:`normviz.record.finish`: sorting thousands of
@@ -17,7 +20,6 @@ compute the same numbers one site at a time; tests hold the two together.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,10 @@ import torch
 
 from normviz.datatypes import NormSpec
 from normviz.record import stats as S
+from normviz.record.deferred import FromInvStd, materialize
 from normviz.record.fused import FusedReductions
+from normviz.record.reductions import device_kernels
+from normviz.record.sampling import Sampler
 
 #: Statistics the fused path produces (their Statistic entries are marked ``fused=True``).
 FUSED = (
@@ -37,28 +42,125 @@ FUSED = (
 HOST_FINISHED = ("percentiles", "hist", "nonfinite", "numel", "group_mean", "group_scale")
 
 
-@dataclass
-class CoreObs:
-    """What a hook keeps of one site for one step (tensors on the site's device)."""
+class Recipe:
+    """Statistics of a site computed at the end of the step from other statistics, for every
+    site with a recipe of the same kind at once (:mod:`normviz.record.derive`): its results
+    are the :class:`CoreObs` fields it fills."""
 
-    mean_c: torch.Tensor  # per-channel mean, float32
-    var_c: torch.Tensor  # per-channel population variance, float32
-    min_c: torch.Tensor  # per-channel min and max, float32 (a following BatchNorm's output
-    max_c: torch.Tensor  # statistics are derived from them)
-    sample: torch.Tensor  # [SAMPLE_SIZE] float32
-    numel: int
-    group: tuple[torch.Tensor, torch.Tensor] | None = None  # per normalization group: mean, scale
-    inst: InstanceMoments | None = None  # per (sample, channel), when a GroupNorm follows
+    __slots__ = ("done", "mean_c", "var_c", "min_c", "max_c", "group", "inst")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.mean_c: torch.Tensor | None = None
+        self.var_c: torch.Tensor | None = None
+        self.min_c: torch.Tensor | None = None
+        self.max_c: torch.Tensor | None = None
+        self.group: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.inst: InstanceMoments | None = None
+
+    def inputs_pending(self) -> list[FromInvStd]:
+        """What must be computed before it runs."""
+        return []
+
+    def run_alone(self) -> None:
+        """Compute it now, on its own (read before the end of the step)."""
+        raise NotImplementedError
+
+
+class CoreObs:
+    """What a hook keeps of one site for one step (tensors on the site's device).
+
+    ``mean_c``, ``var_c`` (population variance), ``min_c`` and ``max_c`` are per channel,
+    float32 (a following BatchNorm's output statistics are derived from them); ``sample``
+    is [SAMPLE_SIZE] float32; ``group`` the (mean, scale) of each normalization group;
+    ``inst`` per (sample, channel), when a GroupNorm follows. A variance or scale may be a
+    :class:`~normviz.record.deferred.FromInvStd`, and the fields left None a
+    :class:`Recipe`'s: both are computed at the end of the step for all sites at once
+    (:meth:`~normviz.record.assemble.CoreAssembler.blocks`), or alone when read before.
+    """
+
+    __slots__ = ("_mean", "_var", "_min", "_max", "sample", "numel", "_group", "_inst", "derive")
+
+    def __init__(self, mean_c: torch.Tensor | None, var_c: torch.Tensor | FromInvStd | None,
+                 min_c: torch.Tensor | None, max_c: torch.Tensor | None, sample: torch.Tensor, numel: int,
+                 group: tuple[torch.Tensor, torch.Tensor | FromInvStd] | None = None,
+                 inst: InstanceMoments | None = None, derive: Recipe | None = None) -> None:
+        self._mean, self._var, self._min, self._max = mean_c, var_c, min_c, max_c
+        self.sample = sample
+        self.numel = numel
+        self._group = group
+        self._inst = inst
+        self.derive = derive
+
+    def settled(self) -> CoreObs:
+        """Itself, with its recipe's results (computed alone if not yet) in the fields left None."""
+        d = self.derive
+        if d is not None:
+            if not d.done:
+                d.run_alone()
+            self._mean = d.mean_c if self._mean is None else self._mean
+            self._var = d.var_c if self._var is None else self._var
+            self._min = d.min_c if self._min is None else self._min
+            self._max = d.max_c if self._max is None else self._max
+            self._group = d.group if self._group is None else self._group
+            self._inst = d.inst if self._inst is None else self._inst
+            self.derive = None
+        return self
+
+    @property
+    def mean_c(self) -> torch.Tensor:
+        mean = self.settled()._mean
+        assert mean is not None
+        return mean
+
+    @property
+    def var_c(self) -> torch.Tensor:
+        var = self.settled()._var
+        assert var is not None
+        return materialize(var)
+
+    @property
+    def min_c(self) -> torch.Tensor:
+        lo = self.settled()._min
+        assert lo is not None
+        return lo
+
+    @property
+    def max_c(self) -> torch.Tensor:
+        hi = self.settled()._max
+        assert hi is not None
+        return hi
+
+    @property
+    def group(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        group = self.settled()._group
+        return None if group is None else (group[0], materialize(group[1]))
+
+    @property
+    def inst(self) -> InstanceMoments | None:
+        if self._inst is None and self.derive is not None:
+            self.settled()
+        return self._inst
+
+    def pending(self) -> list[FromInvStd]:
+        """Its variance and group scale still to compute."""
+        return [v for v in (self._var, self._group[1] if self._group is not None else None)
+                if isinstance(v, FromInvStd)]
 
 
 @dataclass
 class InstanceMoments:
-    """Moments and extrema of every (sample, channel) of an (N, C, ...) tensor, [N, C] each."""
+    """Moments and extrema of every (sample, channel) of an (N, C, ...) tensor, [N, C] each
+    (the variance possibly still to compute)."""
 
     mean: torch.Tensor
-    var: torch.Tensor
+    var_: torch.Tensor | FromInvStd
     lo: torch.Tensor
     hi: torch.Tensor
+
+    @property
+    def var(self) -> torch.Tensor:
+        return materialize(self.var_)
 
 
 @dataclass
@@ -66,8 +168,8 @@ class Borrowed:
     """Statistics a norm layer computed itself in its forward pass (exact, and free)."""
 
     mean_c: torch.Tensor | None = None  # per-channel batch mean and variance (BatchNorm)
-    var_c: torch.Tensor | None = None
-    group: tuple[torch.Tensor, torch.Tensor] | None = None  # per-group mean and std (GroupNorm, LayerNorm)
+    var_c: torch.Tensor | FromInvStd | None = None
+    group: tuple[torch.Tensor, torch.Tensor | FromInvStd] | None = None  # per-group mean and std (GroupNorm, LayerNorm)
 
 
 _BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
@@ -115,22 +217,23 @@ def borrow(module: torch.nn.Module, x: torch.Tensor, output: torch.Tensor, gen: 
         mean, rstd = node_._saved_result1.float(), node_._saved_result2.float()
     except (AttributeError, RuntimeError, TypeError):
         return None
-    var = (rstd.reciprocal().square() - float(module.eps)).clamp_min(0.0)  # type: ignore[arg-type]
+    eps = float(module.eps)  # type: ignore[arg-type]
     if node == "NativeBatchNormBackward0":
-        return Borrowed(mean_c=mean, var_c=var)
-    return Borrowed(group=_bounded(mean.reshape(-1), var.sqrt().reshape(-1), gen))
+        return Borrowed(mean_c=mean, var_c=FromInvStd(rstd, eps))
+    mean, rstd = _bounded(mean.reshape(-1), rstd.reshape(-1), gen)
+    return Borrowed(group=(mean, FromInvStd(rstd, eps, root=True)))
 
 
 def observe(
     x: torch.Tensor,
     channel_dim: int,
     spec: NormSpec | None,
-    gen: torch.Generator,
+    sampler: Sampler,
     base: CoreObs | None = None,
     borrowed: Borrowed | None = None,
     fused: FusedReductions | None = None,
 ) -> CoreObs:
-    """The in-hook part: a few passes over *x* (shifted sums, min/max), a sample, no host sync.
+    """The in-hook part: a few passes over *x* (moments, min/max), a sample, no host sync.
 
     *base* is an observation of the very same tensor made earlier in the step (a
     convolution's output is the next BatchNorm's input): its passes are reused and
@@ -141,6 +244,7 @@ def observe(
     if x.dim() == 0:
         x = x.reshape(1)
     if base is None:
+        var_c: torch.Tensor | FromInvStd
         if borrowed is not None and borrowed.mean_c is not None and borrowed.var_c is not None:
             mean_c, var_c = borrowed.mean_c, borrowed.var_c
             min_c, max_c = S.channel_extrema(x, channel_dim)
@@ -149,42 +253,46 @@ def observe(
             if one_pass is not None:
                 mean_c, var_c, min_c, max_c = one_pass
             else:
-                mean_c, var_c = S.channel_moments(x, channel_dim)
+                kernel = S.channel_mean_invstd(x, channel_dim)
+                if kernel is not None:  # the variance is computed at the end of the step, with the others'
+                    mean_c, var_c = kernel[0], FromInvStd(kernel[1])
+                else:
+                    mean_c, var_c = S.channel_moments(x, channel_dim)
                 min_c, max_c = S.channel_extrema(x, channel_dim)
-        sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
-        base = CoreObs(mean_c, var_c, min_c, max_c, sample, x.numel())
+        base = CoreObs(mean_c, var_c, min_c, max_c, sampler.draw(x), x.numel())
     group = None
     if spec is not None and spec.group_dims is not None and spec.kind != "none":
         if borrowed is not None and borrowed.group is not None:
             group = borrowed.group
         elif base.inst is not None and spec.kind == "group" and spec.num_groups:
-            group = groupnorm_input_groups(base, spec.num_groups, gen)
+            group = groupnorm_input_groups(base, spec.num_groups, sampler.gen(x.device))
         else:
-            group = S.group_moments(x, spec, base.mean_c, base.var_c, gen)
-    return CoreObs(base.mean_c, base.var_c, base.min_c, base.max_c, base.sample, base.numel, group, base.inst)
+            group = _group_moments(x, spec, base, sampler.gen(x.device))
+    return CoreObs(base._mean, base._var, base._min, base._max, base.sample, base.numel, group, base._inst,
+                   base.derive)
 
 
-def observe_instances(x: torch.Tensor, gen: torch.Generator, fused: FusedReductions | None = None) -> CoreObs | None:
-    """Observe an (N, C, ...) tensor through its per-(sample, channel) moments and extrema.
-
-    Moments (:func:`~normviz.record.stats.instance_moments`) and amin/amax along each (n, c)
-    row give the channel statistics by exact pooling, and let a following
-    GroupNorm's input groups and whole output be derived with no pass of their own
-    (:func:`derive_groupnorm_output`). None if *x* is not a contiguous (N, C, ...) float32.
-    """
-    if x.dim() < 3 or x.dtype != torch.float32 or not x.is_contiguous() or x[0, 0].numel() < 2:
+def _group_moments(x: torch.Tensor, spec: NormSpec, base: CoreObs,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | FromInvStd] | None:
+    """Mean and scale (std, or RMS for uncentered norms) of every normalization group: from the
+    channels' own moments (a BatchNorm's), or one layer-norm kernel over the groups' float32
+    rows; the scale is left to the end of the step. Otherwise
+    :func:`~normviz.record.stats.group_moments`."""
+    if spec.group_dims == "batch":
+        if spec.centered and isinstance(base._var, FromInvStd):
+            return base.mean_c, FromInvStd(base._var.invstd, base._var.eps, root=True)
+        return S.group_moments(x, spec, base.mean_c, base.var_c, gen)
+    rows = S.group_rows(x, spec)
+    if rows is None or rows.numel() == 0:
         return None
-    n, c = x.shape[0], x.shape[1]
-    one_pass = fused.rows(x) if fused is not None else None
-    if one_pass is not None:
-        mean, var, lo, hi = one_pass
-    else:
-        rows = x.view(n * c, -1)
-        (mean, var), lo, hi = S.instance_moments(x), rows.amin(1), rows.amax(1)
-    inst = InstanceMoments(mean.view(n, c), var.view(n, c), lo.view(n, c), hi.view(n, c))
-    mean_c, var_c = S.pool(inst.mean, inst.var)
-    sample = S.draw_sample(x, S.SAMPLE_SIZE, gen)
-    return CoreObs(mean_c, var_c, inst.lo.amin(0), inst.hi.amax(0), sample, x.numel(), inst=inst)
+    if rows.shape[0] > S.MAX_GROUPS:
+        rows = rows.index_select(0, torch.randint(0, rows.shape[0], (S.MAX_GROUPS,), generator=gen, device=rows.device))
+    # The layer-norm kernel is one op where the shifted sums take ten; on a CPU it is also as
+    # fast or faster up to about 2**18 values, and up to 2x slower beyond.
+    if rows.dtype == torch.float32 and rows.shape[1] > 1 and (device_kernels(rows) or rows.numel() <= 1 << 18):
+        mean, invstd = S.row_mean_invstd(rows)
+        return mean, FromInvStd(invstd, root=True, mean=None if spec.centered else mean)
+    return S.row_moments(rows, spec.centered)
 
 
 def _grouped(inst_mean: torch.Tensor, inst_var: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,156 +313,3 @@ def _bounded(mean: torch.Tensor, scale: torch.Tensor, gen: torch.Generator) -> t
         pick = torch.randint(0, mean.numel(), (S.MAX_GROUPS,), generator=gen, device=mean.device)
         return mean.index_select(0, pick), scale.index_select(0, pick)
     return mean, scale
-
-
-def derive_groupnorm_output(y: torch.Tensor, inp: CoreObs, module: torch.nn.GroupNorm, gen: torch.Generator) -> CoreObs:
-    """A GroupNorm's output statistics from its input's instance moments, with no pass over *y*.
-
-    Per (n, c), y = a·x + b with a = γ_c / sqrt(σ²_ng + ε) and b = β_c − a·μ_ng, so its
-    mean is a·m + b, its variance a²·v and its extrema the affine images of x's; channel
-    and group statistics follow by pooling. Only the value sample is drawn from *y*.
-    """
-    inst = inp.inst
-    assert inst is not None
-    n, c = inst.mean.shape
-    g = module.num_groups
-    mu, var = _grouped(inst.mean, inst.var, g)
-    rstd = torch.rsqrt(var + module.eps).repeat_interleave(c // g, dim=1)  # [N, C]
-    a = rstd * module.weight.float() if module.weight is not None else rstd
-    b = -a * mu.repeat_interleave(c // g, dim=1)
-    if module.bias is not None:
-        b = b + module.bias.float()
-    mean = torch.addcmul(b, a, inst.mean)
-    var_y = a.square() * inst.var
-    lo_y, hi_y = torch.addcmul(b, a, inst.lo), torch.addcmul(b, a, inst.hi)
-    lo_y, hi_y = torch.minimum(lo_y, hi_y), torch.maximum(lo_y, hi_y)
-    out = InstanceMoments(mean, var_y, lo_y, hi_y)
-    mean_c, var_c = S.pool(mean, var_y)
-    g_mean, g_var = _grouped(mean, var_y, g)
-    group = _bounded(g_mean.reshape(-1), g_var.sqrt().reshape(-1), gen)
-    sample = S.draw_sample(y, S.SAMPLE_SIZE, gen)
-    return CoreObs(mean_c, var_c, lo_y.amin(0), hi_y.amax(0), sample, inp.numel, group, out)
-
-
-def derive_batchnorm_output(
-    y: torch.Tensor, inp: CoreObs, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-    gen: torch.Generator,
-) -> CoreObs:
-    """A training-mode BatchNorm's output statistics from its input's, with no pass over *y*.
-
-    y = γ (x − μ_B) / sqrt(σ²_B + ε) + β per channel, so the output's channel mean is β,
-    its variance γ² σ²_B / (σ²_B + ε), and its channel extrema the affine images of
-    the input's. Only the value sample is drawn from *y* itself.
-    """
-    scale = torch.rsqrt(inp.var_c + eps)
-    if weight is not None:
-        scale = scale * weight.float()  # under no_grad
-    shift = bias.float() if bias is not None else torch.zeros_like(inp.mean_c)
-    mean_c = shift + 0.0 * inp.mean_c  # NaN/inf in the input stay visible
-    var_c = scale.square() * inp.var_c
-    lo = torch.addcmul(shift, inp.min_c - inp.mean_c, scale)
-    hi = torch.addcmul(shift, inp.max_c - inp.mean_c, scale)
-    min_c, max_c = torch.minimum(lo, hi), torch.maximum(lo, hi)
-    sample = S.draw_sample(y, S.SAMPLE_SIZE, gen)
-    return CoreObs(mean_c, var_c, min_c, max_c, sample, inp.numel, (mean_c, var_c.sqrt()))
-
-
-@dataclass
-class DeviceBlocks:
-    """One recorded step of every site, assembled on the device.
-
-    ``stats`` are finished fused statistics (flat, sites side by side). ``host`` is one
-    float32 vector for :class:`~normviz.record.finish.RowFinisher`: the samples
-    ([n_sites, SAMPLE_SIZE]), a per-site flag "some value is non-finite", then each
-    norm row's group means and group scales; ``group_sizes`` and ``numel`` (None: the
-    site did not run) say how to cut it.
-    """
-
-    stats: dict[str, torch.Tensor]
-    host: torch.Tensor
-    group_sizes: list[int]
-    numel: list[int | None]
-
-
-class CoreAssembler:
-    """Turns one step's :class:`CoreObs` of every site into :class:`DeviceBlocks`.
-
-    Built once the layout is fixed: ``channels[i]`` is site i's channel count,
-    ``stored[i]`` the indices of its stored channels (None: all), ``norm_rows`` the
-    sites with a group summary.
-    """
-
-    def __init__(
-        self, channels: list[int], stored: list[torch.Tensor | None], norm_rows: list[int], device: torch.device
-    ) -> None:
-        self.n = len(channels)
-        self.channels = channels
-        self.device = device
-        offsets = [0]
-        for c in channels:
-            offsets.append(offsets[-1] + c)
-        gather = []
-        for i, idx in enumerate(stored):
-            base = offsets[i]
-            gather.append((idx.to(device) if idx is not None else torch.arange(channels[i], device=device)) + base)
-        self.gather = torch.cat(gather) if gather else torch.zeros(0, dtype=torch.long, device=device)
-        self.segment = torch.repeat_interleave(
-            torch.arange(self.n, device=device), torch.tensor(channels, device=device)
-        ) if self.n else torch.zeros(0, dtype=torch.long, device=device)
-        self.counts = torch.tensor(channels, dtype=torch.float32, device=device)
-        self.norm_rows = norm_rows
-        self._zeros = torch.zeros(self.n, device=device)
-        self._nan_obs: dict[int, CoreObs] = {}
-
-    def _missing(self, i: int) -> CoreObs:
-        obs = self._nan_obs.get(i)
-        if obs is None:
-            nan = torch.full((self.channels[i],), math.nan, device=self.device)
-            obs = CoreObs(nan, nan, nan, nan, torch.full((S.SAMPLE_SIZE,), math.nan, device=self.device), 0)
-            self._nan_obs[i] = obs
-        return obs
-
-    def _rms_kurtosis(self, mean_all: torch.Tensor, var_all: torch.Tensor) -> torch.Tensor:
-        """Per site, the kurtosis over its channels of their mean squares s² = var + mean²
-        (He et al. 2024): C·Σs⁴ / (Σs²)², from the channel moments at hand (a few ops on
-        channel vectors for all sites together, no pass over the activations)."""
-        s2 = torch.addcmul(var_all, mean_all, mean_all)
-        sums = torch.zeros(2, self.n, device=self.device).index_add_(1, self.segment, torch.stack((s2, s2 * s2)))
-        return self.counts * sums[1] / sums[0].square()
-
-    def blocks(self, observed: list[CoreObs | None]) -> DeviceBlocks:
-        """Every fused statistic of one step: finished ones, and the host's share."""
-        obs = [o if o is not None else self._missing(i) for i, o in enumerate(observed)]
-        mean_all = torch.cat([o.mean_c for o in obs])
-        var_all = torch.cat([o.var_c for o in obs])
-        mean = self._zeros.index_add(0, self.segment, mean_all) / self.counts
-        spread = var_all + (mean_all - mean[self.segment]).square()
-        std = (self._zeros.index_add(0, self.segment, spread) / self.counts).clamp_min(0).sqrt()
-        lo = self._zeros.scatter_reduce(0, self.segment, torch.cat([o.min_c for o in obs]), "amin", include_self=False)
-        hi = self._zeros.scatter_reduce(0, self.segment, torch.cat([o.max_c for o in obs]), "amax", include_self=False)
-        # A shifted channel sum is finite exactly when every value of the channel is.
-        nonfinite = self._zeros.index_add(0, self.segment, (~torch.isfinite(mean_all)).float())
-        kurtosis = self._rms_kurtosis(mean_all, var_all)
-        host = [torch.cat([o.sample for o in obs]), nonfinite]
-        group_sizes: list[int] = []
-        for r in self.norm_rows:
-            g = obs[r].group
-            if g is None:
-                group_sizes.append(0)
-            else:
-                group_sizes.append(int(g[0].numel()))
-                host.extend(g)
-        return DeviceBlocks(
-            stats={
-                "channel_mean": mean_all.index_select(0, self.gather),
-                "channel_var": var_all.index_select(0, self.gather),
-                "mean": mean,
-                "std": std,
-                "min": lo,
-                "max": hi,
-                "rms_kurtosis": kurtosis,
-            },
-            host=torch.cat(host),
-            group_sizes=group_sizes,
-            numel=[o.numel if o is not None else None for o in observed],
-        )

@@ -1,6 +1,6 @@
 """The fused core statistics, host side: what needs sorting, done in NumPy on the writer's thread.
 
-:class:`~normviz.record.core.CoreAssembler` leaves placeholders in a recorded row for
+:class:`~normviz.record.assemble.CoreAssembler` leaves placeholders in a recorded row for
 the percentiles and histograms of each site's value sample, the percentiles over its
 normalization groups, the non-finite count and the value count, and appends what
 they are computed from to the row's float32 vector. :class:`RowFinisher` fills them
@@ -100,7 +100,7 @@ class RowFinisher:
 
     def __call__(self, rows: Sequence[tuple[np.ndarray, np.ndarray, tuple[Any, ...]]]) -> dict[str, np.ndarray]:
         """*rows* are (f4, f8, (group_sizes, numel)) as queued: f4 is the row's float32 vector
-        followed by the host share of :class:`~normviz.record.core.DeviceBlocks`. Returns every
+        followed by the host share of :class:`~normviz.record.assemble.DeviceBlocks`. Returns every
         dataset's block of the rows, ``{"<group>/<name>": [k, width]}``."""
         k = len(rows)
         f4 = np.stack([r[0][: self.f4_width] for r in rows])

@@ -28,8 +28,9 @@ from torch import nn
 
 from normviz.datatypes import NormSpec, Site, Statistic
 from normviz.errors import UsageError
-from normviz.record import attention, core, shards
+from normviz.record import attention, core, derive, shards
 from normviz.record import stats as S
+from normviz.record.sampling import Sampler
 from normviz.store.layout import kept_channels
 
 #: Key of a site's fused core observation in a step's results.
@@ -140,6 +141,7 @@ class Observer:
         self.frozen = False  # the file's layout is fixed: a new site is not recorded
         self.fused: core.FusedReductions | None = None  # compiled one-pass reductions (Recorder(compile=True))
         self._gens: dict[torch.device, torch.Generator] = {}
+        self.sampler = Sampler(self.gen)
         self._pending_warned = False
         self._late_sites_warned = False
 
@@ -177,6 +179,7 @@ class Observer:
 
     def end_step(self) -> None:
         """Forget the step just recorded (its results were packed into its row)."""
+        self.sampler.end_step()
         self.results.clear()
         self.seen.clear()
         self.pending.clear()
@@ -192,9 +195,7 @@ class Observer:
         """The sampling generator of ``device``, seeded with the recorder's seed."""
         gen = self._gens.get(device)
         if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._gens[device] = gen
+            gen = self._gens[device] = torch.Generator(device=device).manual_seed(self.seed)
         return gen
 
     # -- observing --------------------------------------------------------------------------
@@ -231,16 +232,15 @@ class Observer:
         ident = (id(x), x._version, x.shape, x.dtype, st.site.channel_dim)
         hit = self.seen.get(ident) if reuse else None
         base = hit[1] if hit is not None and hit[0]() is x else None
-        gen = self.gen(x.device)
         if spec is not None and role == "input":
             if hit is not None and base is not None and hit[2].site.layer != name:
                 self.feeds_norm.setdefault(hit[2].site.layer, name)
             if base is None and self.pending and reuse:
-                base = self._claim(x, ident, st, module, borrowed, gen)
+                base = self._claim(x, ident, st, module, borrowed)
             elif base is not None and _can_claim(module, x, borrowed):
                 hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
             if base is None and type(module) is nn.GroupNorm:
-                base = core.observe_instances(x, gen, self.fused)
+                base = derive.observe_instances(x, self.sampler, self.fused)
                 if base is not None and reuse:
                     self.seen[ident] = (weakref.ref(x), base, st)
         elif st.lazy and base is None and not st.extras and reuse:
@@ -249,19 +249,19 @@ class Observer:
             return None
         out: dict[str, Any] = self.results.setdefault(key, {})
         if derive_from is not None and base is None and type(module) in PLAIN_BATCHNORMS:
-            obs = core.derive_batchnorm_output(
+            obs = derive.derive_batchnorm_output(
                 x, derive_from, getattr(module, "weight", None), getattr(module, "bias", None),
-                cast(float, module.eps), gen
+                cast(float, module.eps), self.sampler
             )
         elif derive_from is not None and base is None and derive_from.inst is not None:
-            obs = core.derive_groupnorm_output(x, derive_from, module, gen)  # type: ignore[arg-type]
+            obs = derive.derive_groupnorm_output(x, derive_from, module, self.sampler)  # type: ignore[arg-type]
         else:
-            obs = core.observe(x, st.site.channel_dim, st.spec, gen, base, borrowed=borrowed, fused=self.fused)
+            obs = core.observe(x, st.site.channel_dim, st.spec, self.sampler, base, borrowed=borrowed, fused=self.fused)
         out[CORE] = obs
         if base is None and reuse:
             self.seen[ident] = (weakref.ref(x), obs, st)
         if st.extras:
-            self._extras(out, x, st, obs, gen, module, call_inputs)
+            self._extras(out, x, st, obs, self.gen(x.device), module, call_inputs)
         return obs
 
     def _extras(self, out: dict[str, Any], x: torch.Tensor, st: SiteState, obs: core.CoreObs,
@@ -270,7 +270,7 @@ class Observer:
         """The site's plugin and opt-in statistics; one that raises is disabled, training goes on."""
         ctx = S.SiteTensor(x.detach(), st.site, st.spec, gen, st.ctx_state, module=module, call_inputs=call_inputs)
         # Extras share the core's sample and moments: one sample per site and step.
-        ctx.share(sample=obs.sample, moments=(obs.mean_c, obs.var_c))
+        ctx.share(sample=obs.sample, moments=lambda: (obs.mean_c, obs.var_c))
         for statistic in st.extras:
             if statistic.name in self.disabled_stats:
                 continue
@@ -289,7 +289,7 @@ class Observer:
 
     def _claim(
         self, x: torch.Tensor, ident: tuple[Any, ...], st: SiteState, module: nn.Module,
-        borrowed: core.Borrowed | None, gen: torch.Generator,
+        borrowed: core.Borrowed | None,
     ) -> core.CoreObs | None:
         """Observe a norm layer's input that the previous layer left pending, for both sites:
         with the norm's own batch statistics (BatchNorm), or through per-(sample, channel)
@@ -305,9 +305,9 @@ class Observer:
             self.feeds_norm.setdefault(pending_st.site.layer, st.site.layer)
         base = None
         if type(module) is nn.GroupNorm:
-            base = core.observe_instances(x, gen, self.fused)
+            base = derive.observe_instances(x, self.sampler, self.fused)
         if base is None:
-            base = core.observe(x, st.site.channel_dim, None, gen, borrowed=borrowed, fused=self.fused)
+            base = core.observe(x, st.site.channel_dim, None, self.sampler, borrowed=borrowed, fused=self.fused)
         self.results.setdefault(key, {})[CORE] = base
         self.seen[ident] = (weakref.ref(x), base, pending_st)
         return base
@@ -334,7 +334,7 @@ class Observer:
                     )
                 continue
             with torch.no_grad():
-                obs = core.observe(x, st.site.channel_dim, None, self.gen(x.device), fused=self.fused)
+                obs = core.observe(x, st.site.channel_dim, None, self.sampler, fused=self.fused)
             self.results.setdefault(key, {})[CORE] = obs
         self.pending = kept
 

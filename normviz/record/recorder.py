@@ -30,7 +30,7 @@ from normviz.datatypes import NormSpec
 from normviz.distributed import current_rank, shared_extrema
 from normviz.errors import NormvizError, UsageError
 from normviz.plugins import PluginHost, get_plugin_host
-from normviz.record import attention, core, evaluation, finish
+from normviz.record import assemble, attention, evaluation, finish
 from normviz.record import stats as S
 from normviz.record.describe import describe, run_meta
 from normviz.record.fused import FusedReductions
@@ -314,7 +314,7 @@ class Recorder:
         obs.frozen = True
         device = next((o[CORE].mean_c.device for o in obs.results.values() if CORE in o), torch.device("cpu"))
         group_entry = layout.stat(schema.ACT, "group_mean")
-        assembler = core.CoreAssembler(
+        assembler = assemble.CoreAssembler(
             [st.site.channels for st in sites],
             [st.ctx_state.get("channel_index") for st in sites],
             group_entry.rows if group_entry is not None else [],

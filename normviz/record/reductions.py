@@ -15,6 +15,18 @@ import torch
 _DOT_MIN = 1 << 14  # from this size on, a BLAS dot beats _foreach_norm on CPU (~1.5x)
 
 
+#: Take the ops chosen for GPUs on any device: for counting a GPU's kernels on a CPU
+#: (``benchmarks/op_counts.py --device-path``) and for tests of those paths.
+FORCE_DEVICE_PATH = False
+
+
+def device_kernels(t: torch.Tensor) -> bool:
+    """Whether reductions of ``t`` take the ops chosen for GPUs (fewer, larger kernels) rather
+    than those fastest on a CPU, where a kernel costs no launch and some fused reductions
+    are slower than two simple ones."""
+    return FORCE_DEVICE_PATH or t.device.type != "cpu"
+
+
 def use_foreach(tensors: Sequence[torch.Tensor], batch: bool | None) -> bool:
     """Whether to reduce ``tensors`` with one ``_foreach_norm`` each way rather than per tensor:
     off the CPU (one multi-tensor kernel instead of a few kernels per tensor), or when asked.
@@ -22,7 +34,7 @@ def use_foreach(tensors: Sequence[torch.Tensor], batch: bool | None) -> bool:
     there than ``abs`` + ``sum`` + ``amax``)."""
     if batch is not None:
         return batch
-    return bool(tensors) and tensors[0].device.type != "cpu"
+    return bool(tensors) and device_kernels(tensors[0])
 
 
 def sq_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None) -> torch.Tensor:

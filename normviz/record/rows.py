@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normviz.record import core, shards
+from normviz.record import assemble, core, shards
 from normviz.record.observe import CORE, channel_index
 from normviz.store import schema
 from normviz.store.layout import Layout, StatEntry
@@ -179,7 +179,7 @@ class RowPacker:
     a statistic's provider for warnings.
     """
 
-    def __init__(self, layout: Layout, packing: Packing, assembler: core.CoreAssembler, modules: list[nn.Module],
+    def __init__(self, layout: Layout, packing: Packing, assembler: assemble.CoreAssembler, modules: list[nn.Module],
                  grad_result: Callable[[str, torch.device | None, int], torch.Tensor],
                  owner: Callable[[str], str]) -> None:
         self.layout = layout
@@ -195,13 +195,13 @@ class RowPacker:
         self._module_plans: dict[str, ModulePlan] = {}
         self._width_warned: set[str] = set()
 
-    def device_blocks(self, results: Mapping[str, Mapping[str, Any]]) -> core.DeviceBlocks | None:
+    def device_blocks(self, results: Mapping[str, Mapping[str, Any]]) -> assemble.DeviceBlocks | None:
         """The step's fused site statistics (None for a layout without sites)."""
         if not self.site_keys:
             return None
         return self.assembler.blocks([results.get(k, {}).get(CORE) for k in self.site_keys])
 
-    def pack(self, results: Mapping[str, Mapping[str, Any]], blocks: core.DeviceBlocks | None,
+    def pack(self, results: Mapping[str, Mapping[str, Any]], blocks: assemble.DeviceBlocks | None,
              scalar_values: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, Any]:
         """The row's two vectors on the host (the one copy of the step), the scalars' values
         split off the end of ``f8`` again, and the event guarding a CUDA copy (else None)."""

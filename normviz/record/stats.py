@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from normviz.datatypes import NormSpec
+from normviz.record.deferred import var_from_invstd
+from normviz.record.reductions import device_kernels
 from normviz.record.sizes import GROUP_LEVELS, HIST_BINS, MAX_GROUPS, PERCENTILE_LEVELS, SAMPLE_SIZE  # noqa: F401
 
 
@@ -56,15 +58,12 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     element of their own channel first (stateless, and as good as any shift of
     order one std); the upcast of bf16/fp16 happens inside that subtraction.
     """
-    x, cd = _channel_layout(x, channel_dim)
-    if x.dim() == 2 and cd == 1 and x.dtype == torch.float32 and x.shape[0] > 1:
+    kernel = channel_mean_invstd(x, channel_dim)
+    if kernel is not None:
         # (values, channels): PyTorch's batch-norm statistics kernel is 1.1-3x faster on CPU
         # than the shifted sums below and more precise (two passes, wide accumulators).
-        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
-        # With eps = 0 the kernel reports a constant channel as invstd 0, not inf: its 1/0² = inf
-        # becomes 0, a NaN stays NaN (two ops where a mask took eight).
-        var = torch.nan_to_num(invstd.pow(-2), nan=math.nan, posinf=0.0)
-        return mean, var
+        return kernel[0], var_from_invstd(kernel[1], 0.0)
+    x, cd = _channel_layout(x, channel_dim)
     dims = reduce_dims(x.dim(), cd)
     index: list[int | slice] = [0] * x.dim()
     index[cd] = slice(None)
@@ -85,17 +84,21 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     return shift + m, var
 
 
-def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population variance of every (sample, channel) row of a contiguous float32
-    (N, C, ...) tensor, [N * C] each.
-
-    PyTorch's group-norm statistics kernel with one channel per group: one fused pass with
-    wide accumulators, 1-2x faster on CPU than the shifted sums of :func:`channel_moments`
-    along the rows, and more precise. A constant row has rstd = inf, so variance 0.
-    """
+def instance_mean_invstd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std of every (sample, channel) row of a contiguous float32 (N, C, ...) tensor,
+    [N, C] each: PyTorch's group-norm statistics kernel with one channel per group (a constant
+    row has 1/std = inf). One fused pass with wide accumulators, 1-2x faster on CPU than the
+    shifted sums of :func:`channel_moments` along the rows, and more precise."""
     n, c = x.shape[0], x.shape[1]
     _, mean, rstd = torch.native_group_norm(x, None, None, n, c, x[0, 0].numel(), c, 0.0)
-    return mean.reshape(-1), rstd.reshape(-1).reciprocal().square()
+    return mean.view(n, c), rstd.view(n, c)
+
+
+def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of every (sample, channel) row of a contiguous float32
+    (N, C, ...) tensor, [N * C] each (see :func:`instance_mean_invstd`)."""
+    mean, rstd = instance_mean_invstd(x)
+    return mean.reshape(-1), var_from_invstd(rstd, 0.0).reshape(-1)
 
 
 def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +107,14 @@ def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     if x.dim() == 1:
         v = x.float()
         return v, v
+    if device_kernels(x) and (x.dim() == 2 or (cd == 1 and x.is_contiguous())):
+        # On a GPU one aminmax kernel reads the tensor once where amin + amax read it twice.
+        if x.dim() == 2:
+            lo, hi = torch.aminmax(x, dim=1 - cd)
+            return lo.float(), hi.float()
+        n, c = x.shape[0], x.shape[1]
+        lo, hi = row_extrema(x.view(n * c, -1))
+        return lo.view(n, c).amin(0).float(), hi.view(n, c).amax(0).float()
     if cd == 1 and x.dim() > 2 and 1 < x[0, 0].numel() < 64 and x.is_contiguous():
         # Small feature maps (late CNN stages, 2x2 to 7x7): reducing contiguous (n, c) rows
         # first, then the batch, is 2-3x faster on CPU than reducing dims (0, 2, ...) at once.
@@ -113,6 +124,14 @@ def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     # amin + amax: two passes, yet 10x faster on CPU than one torch.aminmax(dim=...)
     dims = reduce_dims(x.dim(), cd)
     return x.amin(dims).float(), x.amax(dims).float()
+
+
+def row_extrema(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of every row of a matrix: one aminmax kernel on a GPU, amin and amax
+    on a CPU (faster there)."""
+    if device_kernels(rows):
+        return torch.aminmax(rows, dim=1)
+    return rows.amin(1), rows.amax(1)
 
 
 def pool(mean: torch.Tensor, var: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,10 +225,34 @@ def group_moments(
     if rows.shape[0] > MAX_GROUPS:
         pick = torch.randint(0, rows.shape[0], (MAX_GROUPS,), generator=gen, device=rows.device)
         rows = rows.index_select(0, pick)
+    return row_moments(rows, spec.centered)
+
+
+def row_moments(rows: torch.Tensor, centered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale (std, or RMS if not ``centered``) of every row of a (groups, values) matrix."""
     mean, var = channel_moments(rows, 0)
-    if spec.centered:
+    if centered:
         return mean, var.sqrt()
     return mean, (var + mean.square()).sqrt()
+
+
+def row_mean_invstd(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std of every row of a float32 (groups, values) matrix, [groups] each, from
+    PyTorch's layer-norm kernel: one pass with wide accumulators, where the shifted sums of
+    :func:`channel_moments` take about ten ops (see :func:`~normviz.record.deferred.var_from_invstd`
+    for the variance; a constant row has 1/std = inf)."""
+    _, mean, invstd = torch.native_layer_norm(rows, [rows.shape[1]], None, None, 0.0)
+    return mean.reshape(-1), invstd.reshape(-1)
+
+
+def channel_mean_invstd(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel mean and 1/std of *x* from PyTorch's batch-norm statistics kernel, or None
+    where :func:`channel_moments` would not use it (see there; a constant channel has 1/std 0)."""
+    x, cd = _channel_layout(x, channel_dim)
+    if x.dim() == 2 and cd == 1 and x.dtype == torch.float32 and x.shape[0] > 1:
+        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+        return mean, invstd
+    return None
 
 
 @dataclass
@@ -237,7 +280,8 @@ class SiteTensor:
         return self.site.channel_dim  # type: ignore[attr-defined]  # Site is duck-typed here
 
     def share(self, **values: object) -> None:
-        """Hand over this step's quantities computed already (``sample``, ``moments``)."""
+        """Hand over this step's quantities computed already (``sample``; ``moments``, or a
+        function returning them)."""
         self._cache.update(values)
 
     def cached(self, key: str, make: Callable[[], object]) -> object:
@@ -248,9 +292,13 @@ class SiteTensor:
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (mean, variance), float32."""
-        if "moments" not in self._cache:
-            self._cache["moments"] = channel_moments(self.x, self.channel_dim)
-        return self._cache["moments"]  # type: ignore[return-value]
+        moments = self._cache.get("moments")
+        if moments is None:
+            moments = channel_moments(self.x, self.channel_dim)
+        elif callable(moments):  # shared lazily: the core's, computed only if a statistic asks
+            moments = moments()
+        self._cache["moments"] = moments
+        return moments  # type: ignore[return-value]
 
     def sample(self) -> torch.Tensor:
         """The site's bounded random value sample (:data:`SAMPLE_SIZE` values)."""

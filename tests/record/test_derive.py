@@ -1,0 +1,99 @@
+"""Statistics derived at the end of the step: all GroupNorm and BatchNorm layers of a step
+computed together equal each computed alone, and each equals the direct observation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from normviz.datatypes import NormSpec
+from normviz.record import core, derive
+from normviz.record.deferred import EpsVectors, FromInvStd, settle
+from normviz.record.sampling import Sampler
+
+
+def sampler() -> Sampler:
+    gen = torch.Generator().manual_seed(0)
+    return Sampler(lambda device: gen)
+
+
+def layers() -> list[tuple[nn.Module, torch.Tensor]]:
+    """Norm layers of several widths and group counts, with inputs far from zero mean."""
+    gen = torch.Generator().manual_seed(3)
+    out = []
+    for module, shape in ((nn.GroupNorm(3, 12), (6, 12, 5, 5)), (nn.GroupNorm(8, 16, affine=False), (6, 16, 4, 4)),
+                          (nn.GroupNorm(1, 4, eps=1e-3), (6, 4, 7)), (nn.BatchNorm2d(8), (6, 8, 3, 3)),
+                          (nn.BatchNorm1d(5), (40, 5))):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+        x = torch.randn(shape, generator=gen) * 3 + 20
+        x[1, 2] = 20.0  # a constant (sample, channel)
+        out.append((module, x))
+    return out
+
+
+def observe_all() -> list[core.CoreObs]:
+    """Each layer's output, derived from its input's observation in the hooks' way."""
+    obs = []
+    for module, x in layers():
+        y = module(x).detach()
+        with torch.no_grad():
+            if isinstance(module, nn.GroupNorm):
+                inp = derive.observe_instances(x, sampler())
+                obs.append(derive.derive_groupnorm_output(y, inp, module, sampler()))
+            else:
+                inp = core.observe(x, 1, None, sampler())
+                obs.append(derive.derive_batchnorm_output(y, inp, module.weight, module.bias, module.eps, sampler()))
+        obs.append(inp)
+    return obs
+
+
+def fields(o: core.CoreObs) -> list[np.ndarray]:
+    group = o.group
+    assert group is not None or o.derive is None
+    return [t.numpy() for t in (o.mean_c, o.var_c, o.min_c, o.max_c)] + (
+        [np.sort(group[0].numpy()), np.sort(group[1].numpy())] if group is not None else [])
+
+
+def test_together_equals_alone():
+    together = observe_all()
+    derive.RecipeRunner().run(together)
+    assert all(o.derive is None for o in together)
+    alone = observe_all()
+    for a, b in zip(together, alone):
+        for got, want in zip(fields(a), fields(b)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_derived_equals_direct():
+    obs = observe_all()
+    derive.RecipeRunner().run(obs)
+    for (module, x), out in zip(layers(), obs[::2]):
+        y = module(x).detach()
+        spec = NormSpec("group", 1, "group", num_groups=module.num_groups) if isinstance(module, nn.GroupNorm) \
+            else NormSpec("batch")
+        direct = core.observe(y, 1, spec, sampler())
+        for got, want in zip(fields(out), fields(direct)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_settle_batches_variances_stds_and_rms_like_alone():
+    gen = torch.Generator().manual_seed(5)
+    invstd = [torch.rand(7, generator=gen) + 0.1, torch.tensor([0.0, 2.0]), torch.tensor([float("inf"), 1.0]),
+              torch.tensor([float("nan"), 0.5])]
+    mean = torch.randn(2, generator=gen)
+
+    def make():
+        return [FromInvStd(invstd[0], eps=1e-3), FromInvStd(invstd[1]), FromInvStd(invstd[2], root=True),
+                FromInvStd(invstd[3], eps=1e-5, root=True), FromInvStd(invstd[1], mean=mean)]
+
+    batched, alone = make(), make()
+    settle(batched, EpsVectors())
+    for a, b in zip(batched, alone):
+        np.testing.assert_allclose(a.value().numpy(), b.value().numpy(), rtol=1e-7)
+    assert batched[1].value()[0] == 0 and batched[2].value()[0] == 0  # constant: variance 0 either way
+    assert torch.isnan(batched[3].value()[0])
+    var = torch.tensor([0.0, 1 / 2.0**2])  # invstd [0, 2]: a constant row, then variance 1/4
+    np.testing.assert_allclose(batched[4].value().numpy(), (var + mean**2).sqrt().numpy(), rtol=1e-6)
