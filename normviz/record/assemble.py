@@ -26,7 +26,7 @@ class DeviceBlocks:
 
     ``stats`` are finished fused statistics (flat, sites side by side). ``host`` is one
     float32 vector for :class:`~normviz.record.finish.RowFinisher`: the samples
-    ([n_sites, SAMPLE_SIZE]), a per-site flag "some value is non-finite", then each
+    ([n_sites, SAMPLE_SIZE]), a per-site flag "some value is non-finite" (NaN if so, else 0), then each
     norm row's group means and group scales; ``group_sizes`` and ``numel`` (None: the
     site did not run) say how to cut it.
     """
@@ -76,29 +76,30 @@ class CoreAssembler:
             self._nan_obs[i] = obs
         return obs
 
-    def _rms_kurtosis(self, mean_all: torch.Tensor, var_all: torch.Tensor) -> torch.Tensor:
-        """Per site, the kurtosis over its channels of their mean squares s² = var + mean²
-        (He et al. 2024): C·Σs⁴ / (Σs²)², from the channel moments at hand (a few ops on
-        channel vectors for all sites together, no pass over the activations)."""
-        s2 = torch.addcmul(var_all, mean_all, mean_all)
-        sums = torch.zeros(2, self.n, device=self.device).index_add_(1, self.segment, torch.stack((s2, s2 * s2)))
-        return self.counts * sums[1] / sums[0].square()
-
     def blocks(self, observed: list[CoreObs | None]) -> DeviceBlocks:
         """Every fused statistic of one step: finished ones, and the host's share."""
         obs = [o if o is not None else self._missing(i) for i, o in enumerate(observed)]
         self._recipes.run(obs)
-        mean_all = torch.cat([o.mean_c for o in obs])
-        var_all = torch.cat([o.var_c for o in obs])
-        mean = self._zeros.index_add(0, self.segment, mean_all) / self.counts
-        spread = var_all + (mean_all - mean[self.segment]).square()
-        std = (self._zeros.index_add(0, self.segment, spread) / self.counts).clamp_min(0).sqrt()
-        lo = self._zeros.scatter_reduce(0, self.segment, torch.cat([o.min_c for o in obs]), "amin", include_self=False)
-        hi = self._zeros.scatter_reduce(0, self.segment, torch.cat([o.max_c for o in obs]), "amax", include_self=False)
-        # A shifted channel sum is finite exactly when every value of the channel is.
-        nonfinite = self._zeros.index_add(0, self.segment, (~torch.isfinite(mean_all)).float())
-        kurtosis = self._rms_kurtosis(mean_all, var_all)
-        host = [torch.cat([o.sample for o in obs]), nonfinite]
+        # Every site's channel vectors in one concatenation: rows mean, var, min, max.
+        channels = torch.cat([o.mean_c for o in obs] + [o.var_c for o in obs] + [o.min_c for o in obs]
+                             + [o.max_c for o in obs]).view(4, -1)
+        mean_all, var_all, min_all, max_all = channels
+        # Per site, with one index_add: the sum of the channel means; of the channel mean
+        # squares s² = var + mean² and of s⁴ (rms_kurtosis: C·Σs⁴ / (Σs²)², He et al. 2024's
+        # outlier features); and of mean·0, NaN exactly when some value of the site is not
+        # finite (a channel's shifted sum is finite exactly when all its values are).
+        s2 = torch.addcmul(var_all, mean_all, mean_all)
+        sums = torch.zeros(4, self.n, device=self.device).index_add_(
+            1, self.segment, torch.stack((mean_all, s2, s2 * s2, mean_all * 0.0)))
+        mean = sums[0] / self.counts
+        dev = mean_all - mean[self.segment]
+        spread = self._zeros.index_add(0, self.segment, torch.addcmul(var_all, dev, dev))
+        std = (spread / self.counts).clamp_min(0).sqrt()
+        kurtosis = self.counts * sums[2] / sums[1].square()
+        lo = self._zeros.scatter_reduce(0, self.segment, min_all, "amin", include_self=False)
+        hi = self._zeros.scatter_reduce(0, self.segment, max_all, "amax", include_self=False)
+        stored = channels[:2].index_select(1, self.gather)
+        host = [o.sample for o in obs] + [sums[3]]
         group_sizes: list[int] = []
         for r in self.norm_rows:
             g = obs[r].group
@@ -109,8 +110,8 @@ class CoreAssembler:
                 host.extend(g)
         return DeviceBlocks(
             stats={
-                "channel_mean": mean_all.index_select(0, self.gather),
-                "channel_var": var_all.index_select(0, self.gather),
+                "channel_mean": stored[0],
+                "channel_var": stored[1],
                 "mean": mean,
                 "std": std,
                 "min": lo,

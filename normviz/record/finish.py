@@ -141,13 +141,13 @@ def host_values(
 ) -> dict[str, np.ndarray]:
     """The host-finished statistics of any number of sites (of one row or many).
 
-    *samples* [n, SAMPLE_SIZE], *nonfinite* [n] (> 0: some value of the site is not
-    finite), *numel* [n] (None: the site did not run), *edges* [n, HIST_BINS + 1];
+    *samples* [n, SAMPLE_SIZE], *nonfinite* [n] (non-zero, NaN included: some value of the
+    site is not finite), *numel* [n] (None: the site did not run), *edges* [n, HIST_BINS + 1];
     *groups* holds each norm row's group means then group scales, ``group_sizes`` long.
     Per-site arrays have one row per site; ``group_mean`` / ``group_scale`` one row per
     norm row.
     """
-    present = nonfinite > 0
+    present = nonfinite != 0  # NaN != 0
     srt = np.sort(samples, axis=1)  # NaN last
     n_valid = (~np.isnan(samples)).sum(axis=1)
     missing = np.array([c is None for c in numel], dtype=bool)
