@@ -42,11 +42,12 @@ class CoreAssembler:
 
     Built once the layout is fixed: ``channels[i]`` is site i's channel count,
     ``stored[i]`` the indices of its stored channels (None: all), ``norm_rows`` the
-    sites with a group summary.
+    sites with a group summary; ``strict``: what fails raises (``Recorder(on_error="raise")``).
     """
 
     def __init__(
-        self, channels: list[int], stored: list[torch.Tensor | None], norm_rows: list[int], device: torch.device
+        self, channels: list[int], stored: list[torch.Tensor | None], norm_rows: list[int], device: torch.device,
+        strict: bool = False,
     ) -> None:
         self.n = len(channels)
         self.channels = channels
@@ -66,7 +67,7 @@ class CoreAssembler:
         self.norm_rows = norm_rows
         self._zeros = torch.zeros(self.n, device=device)
         self._nan_obs: dict[int, CoreObs] = {}
-        self._recipes = RecipeRunner()  # what the hooks left to the end of the step
+        self._recipes = RecipeRunner(strict)  # what the hooks left to the end of the step
 
     def _missing(self, i: int) -> CoreObs:
         obs = self._nan_obs.get(i)

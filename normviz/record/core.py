@@ -20,6 +20,7 @@ compute the same numbers one site at a time; tests hold the two together.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,10 @@ class Recipe:
     site with a recipe of the same kind at once (:mod:`normviz.record.derive`): its results
     are the :class:`CoreObs` fields it fills."""
 
-    __slots__ = ("done", "mean_c", "var_c", "min_c", "max_c", "group", "inst")
+    __slots__ = ("channels", "device", "done", "mean_c", "var_c", "min_c", "max_c", "group", "inst")
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int, device: torch.device) -> None:
+        self.channels, self.device = channels, device  # of the site it computes
         self.done = False
         self.mean_c: torch.Tensor | None = None
         self.var_c: torch.Tensor | None = None
@@ -141,6 +143,15 @@ class CoreObs:
         if self._inst is None and self.derive is not None:
             self.settled()
         return self._inst
+
+    def fail(self) -> None:
+        """Its statistics could not be computed: NaN for this step (as for a site that did not run)."""
+        ref = self._mean if self._mean is not None else self.derive
+        assert ref is not None
+        c, device = (ref.numel(), ref.device) if isinstance(ref, torch.Tensor) else (ref.channels, ref.device)
+        nan = torch.full((c,), math.nan, device=device)
+        self._mean = self._var = self._min = self._max = nan
+        self._group, self.derive = None, None
 
     def pending(self) -> list[FromInvStd]:
         """Its variance and group scale still to compute."""

@@ -67,18 +67,18 @@ class EpsVectors:
     host-to-device copy."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[tuple[int, float], ...], torch.Tensor] = {}
+        self._cache: dict[tuple[torch.device, tuple[tuple[int, float], ...]], torch.Tensor] = {}
 
     def get(self, sizes: Sequence[int], eps: Sequence[float], device: torch.device) -> torch.Tensor | float:
         """A float when every eps is the same (a scalar broadcasts: no vector needed)."""
         if len(set(eps)) <= 1:
             return eps[0] if eps else 0.0
-        key = tuple(zip(sizes, eps))
+        key = (device, tuple(zip(sizes, eps)))
         vec = self._cache.get(key)
         if vec is None:
             if len(self._cache) > 16:  # sites that change every step: keep the cache bounded
                 self._cache.clear()
-            host = torch.cat([torch.full((n,), e) for n, e in key])
+            host = torch.cat([torch.full((n,), e) for n, e in key[1]])
             vec = self._cache[key] = to_device(host, device)
         return vec
 

@@ -20,10 +20,12 @@ are summed with one ``index_add`` over a channel-to-group index built once per l
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 
+from normviz.record import shards
 from normviz.record import stats as S
 from normviz.record.core import CoreObs, InstanceMoments, Recipe, _bounded
 from normviz.record.deferred import EpsVectors, FromInvStd, settle, to_device
@@ -50,6 +52,9 @@ def _affine(weight: torch.nn.Parameter | torch.Tensor | None, bias: torch.Tensor
     """A norm layer's (weight, bias) as they are now, [2, C] float32, or None if it has neither."""
     if weight is None and bias is None:
         return None
+    for t in (weight, bias):
+        if t is not None and not shards.is_plain(t):  # a DTensor (tensor parallel): no channel-aligned copy
+            raise TypeError(f"the norm layer's affine parameters are a {type(t).__name__}")
     w = weight.detach().float() if weight is not None else torch.ones_like(like)
     b = bias.detach().float() if bias is not None else torch.zeros_like(w)
     return torch.stack((w, b))
@@ -74,7 +79,7 @@ class BatchNormOutput(Recipe):
     __slots__ = ("inp", "affine", "eps")
 
     def __init__(self, inp: CoreObs, affine: torch.Tensor | None, eps: float) -> None:
-        super().__init__()
+        super().__init__(inp.mean_c.numel(), inp.mean_c.device)
         self.inp, self.affine, self.eps = inp, affine, eps
 
     def inputs_pending(self) -> list[FromInvStd]:
@@ -140,7 +145,7 @@ class PooledInstances(Recipe):
     __slots__ = ("source",)
 
     def __init__(self, source: InstanceMoments) -> None:
-        super().__init__()
+        super().__init__(source.mean.shape[1], source.mean.device)
         self.source = source
 
     def inputs_pending(self) -> list[FromInvStd]:
@@ -179,7 +184,7 @@ class GroupNormOutput(Recipe):
 
     def __init__(self, source: InstanceMoments, affine: torch.Tensor | None, eps: float, groups: int,
                  gen: torch.Generator) -> None:
-        super().__init__()
+        super().__init__(source.mean.shape[1], source.mean.device)
         self.source, self.affine, self.eps, self.groups, self.gen = source, affine, eps, groups, gen
 
     def inputs_pending(self) -> list[FromInvStd]:
@@ -262,15 +267,39 @@ def run_groupnorm_outputs(recipes: Sequence[GroupNormOutput], index: GroupIndex,
 # -- all of a step ----------------------------------------------------------------------------------
 class RecipeRunner:
     """Runs a step's recipes, grouped by kind, device and batch size, keeping what it builds
-    once per layout (eps vectors, group indices)."""
+    once per layout (eps vectors, group indices).
 
-    def __init__(self) -> None:
+    A batch that fails (a layer the derivations do not expect) must not stop training: the
+    step's sites are then computed one by one, and a site whose statistics still cannot be
+    computed gets NaN for the step; one warning says so. ``strict``: raise instead
+    (``Recorder(on_error="raise")``)."""
+
+    def __init__(self, strict: bool = False) -> None:
         self.eps = EpsVectors()
+        self.strict = strict
         self._groups: dict[tuple[torch.device, int], GroupIndex] = {}
+        self._warned = False
 
     def run(self, obs: Iterable[CoreObs]) -> None:
         """Compute every pending recipe and variance of ``obs`` and fill them in."""
         obs = list(obs)
+        try:
+            self._run(obs)
+        except Exception as exc:  # noqa: BLE001 - recording must never break training (unless asked)
+            if self.strict:
+                raise
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"normviz: the end-of-step statistics failed together ({type(exc).__name__}: {exc}); "
+                              "computed site by site, NaN where a site's still fail", RuntimeWarning, stacklevel=5)
+            for o in obs:
+                try:
+                    for p in o.settled().pending():
+                        p.value()
+                except Exception:  # noqa: BLE001 - as above: this site is NaN for the step
+                    o.fail()
+
+    def _run(self, obs: list[CoreObs]) -> None:
         recipes = list({id(o.derive): o.derive for o in obs if o.derive is not None and not o.derive.done}.values())
         settle([p for o in obs for p in o.pending()] + [p for r in recipes for p in r.inputs_pending()], self.eps)
         batches: dict[tuple[type, torch.device, int], list[Recipe]] = {}
@@ -292,4 +321,3 @@ class RecipeRunner:
             if kind is BatchNormOutput:  # after the others: a BatchNorm's input may be a GroupNorm's output
                 run_batchnorm_outputs(batch, self.eps)  # type: ignore[arg-type]
         settle([p for o in obs for p in o.settled().pending()], self.eps)
-

@@ -312,13 +312,14 @@ class Recorder:
                           max_channels=self.max_channels, sharded=self._grads.sharded,
                           grad_partial_widths=self._grads.partial_widths())
         obs.frozen = True
-        device = next((o[CORE].mean_c.device for o in obs.results.values() if CORE in o), torch.device("cpu"))
+        device = next((o[CORE].sample.device for o in obs.results.values() if CORE in o), torch.device("cpu"))
         group_entry = layout.stat(schema.ACT, "group_mean")
         assembler = assemble.CoreAssembler(
             [st.site.channels for st in sites],
             [st.ctx_state.get("channel_index") for st in sites],
             group_entry.rows if group_entry is not None else [],
             device,
+            strict=obs.strict,
         )
         self._layout = layout
         self._packing = Packing(layout)

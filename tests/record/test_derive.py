@@ -4,9 +4,11 @@ computed together equal each computed alone, and each equals the direct observat
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
+import normviz
 from normviz.datatypes import NormSpec
 from normviz.record import core, derive
 from normviz.record.deferred import EpsVectors, FromInvStd, settle
@@ -97,3 +99,31 @@ def test_settle_batches_variances_stds_and_rms_like_alone():
     assert torch.isnan(batched[3].value()[0])
     var = torch.tensor([0.0, 1 / 2.0**2])  # invstd [0, 2]: a constant row, then variance 1/4
     np.testing.assert_allclose(batched[4].value().numpy(), (var + mean**2).sqrt().numpy(), rtol=1e-6)
+
+
+def _train(path, **kwargs) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with normviz.Recorder(model, path, **kwargs) as rec:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 3, 10, 10)).square().mean().backward()
+            opt.step()
+            rec.step()
+
+
+def test_a_derivation_that_fails_leaves_its_sites_nan_and_training_on(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("unexpected layer")
+
+    monkeypatch.setattr(derive, "run_batchnorm_outputs", broken)
+    with pytest.warns(RuntimeWarning, match="end-of-step statistics failed together .*unexpected layer"):
+        _train(tmp_path / "r.h5")
+    with normviz.open(tmp_path / "r.h5") as run:
+        assert np.isnan(run.stat("mean", "1", "output")).all()  # the BatchNorm's derived output
+        assert np.isfinite(run.stat("mean", "1", "input")).all()
+        assert np.isfinite(run.stat("channel_var", "4", "output")).all()  # the GroupNorm's, derived too
+        assert np.isfinite(run.stat("percentiles", "1", "output")).all()  # its sample is its own
+    with pytest.raises(RuntimeError, match="unexpected layer"):
+        _train(tmp_path / "strict.h5", on_error="raise")
