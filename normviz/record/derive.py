@@ -12,7 +12,7 @@ Three kinds of site need no pass of their own over the activation beyond the sam
   its extrema the affine images of its input's (:class:`BatchNormOutput`).
 
 In the hook each records a :class:`~normviz.record.core.Recipe` (and draws its sample); at
-the end of the step :func:`run_recipes` computes every recipe of a kind with one set of ops
+the end of the step :meth:`RecipeRunner.run` computes every recipe of a kind with one set of ops
 on the sites' vectors concatenated, where each used to take a dozen ops or more of its own.
 GroupNorm layers are concatenated along their channels, [channels, batch], and their groups
 are summed with one ``index_add`` over a channel-to-group index built once per layout.

@@ -13,6 +13,7 @@ from normviz.datatypes import NormSpec
 from normviz.record import core, derive
 from normviz.record.deferred import EpsVectors, FromInvStd, settle
 from normviz.record.sampling import Sampler
+from normviz.record.sizes import GROUP_LEVELS
 
 
 def sampler() -> Sampler:
@@ -127,3 +128,38 @@ def test_a_derivation_that_fails_leaves_its_sites_nan_and_training_on(tmp_path, 
         assert np.isfinite(run.stat("percentiles", "1", "output")).all()  # its sample is its own
     with pytest.raises(RuntimeError, match="unexpected layer"):
         _train(tmp_path / "strict.h5", on_error="raise")
+
+
+def test_groupnorm_statistics_of_an_eval_pass_match_float64(tmp_path):
+    """In an eval pass nothing is derived from a GroupNorm's output in the hook's way, and its
+    input's statistics pool the per-(sample, channel) moments: both against float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3, 10, 10) * 2 + 5
+    with normviz.Recorder(model, tmp_path / "r.h5") as rec:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 3, 10, 10)).square().mean().backward()
+            opt.step()
+            rec.step()
+        model.eval()
+        with torch.no_grad(), rec.evaluating():
+            model(x)
+    with torch.no_grad():
+        z = model[0](x).double()
+        y = nn.functional.group_norm(z, 2, model[1].weight.double(), model[1].bias.double(), model[1].eps)
+    with normviz.open(tmp_path / "r.h5") as run, run.eval() as ev:
+        for role, t in (("input", z), ("output", y)):
+            np.testing.assert_allclose(ev.stat("channel_mean", "1", role)[-1], t.mean((0, 2, 3)).numpy(),
+                                       rtol=1e-4, atol=1e-5, err_msg=role)
+            np.testing.assert_allclose(ev.stat("channel_var", "1", role)[-1], t.var((0, 2, 3), unbiased=False).numpy(),
+                                       rtol=1e-4, atol=1e-5, err_msg=role)
+            np.testing.assert_allclose(ev.stat("min", "1", role)[-1], float(t.min()), rtol=1e-5, err_msg=role)
+        groups = z.reshape(4, 2, -1)
+        levels = list(GROUP_LEVELS)  # NumPy's "linear" percentiles, as recorded
+        np.testing.assert_allclose(ev.stat("group_mean", "1", "input")[-1], np.percentile(groups.mean(2).numpy(), levels),
+                                   rtol=1e-4, atol=1e-5, err_msg="group means")
+        np.testing.assert_allclose(ev.stat("group_scale", "1", "input")[-1],
+                                   np.percentile(groups.std(2, unbiased=False).numpy(), levels), rtol=1e-4, atol=1e-5,
+                                   err_msg="group stds")
