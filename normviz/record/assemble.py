@@ -121,5 +121,5 @@ class CoreAssembler:
             },
             host=torch.cat(host),
             group_sizes=group_sizes,
-            numel=[o.numel if o is not None else None for o in observed],
+            numel=[o.numel if o is not None and not o.failed else None for o in observed],
         )

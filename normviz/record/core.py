@@ -81,18 +81,23 @@ class CoreObs:
     (:meth:`~normviz.record.assemble.CoreAssembler.blocks`), or alone when read before.
     """
 
-    __slots__ = ("_mean", "_var", "_min", "_max", "sample", "numel", "_group", "_inst", "derive")
+    __slots__ = ("_mean", "_var", "_min", "_max", "sample", "numel", "_group", "_own_group", "_inst", "derive",
+                 "failed")
 
     def __init__(self, mean_c: torch.Tensor | None, var_c: torch.Tensor | FromInvStd | None,
                  min_c: torch.Tensor | None, max_c: torch.Tensor | None, sample: torch.Tensor, numel: int,
                  group: tuple[torch.Tensor, torch.Tensor | FromInvStd] | None = None,
-                 inst: InstanceMoments | None = None, derive: Recipe | None = None) -> None:
+                 inst: InstanceMoments | None = None, derive: Recipe | None = None, own_group: bool = False) -> None:
         self._mean, self._var, self._min, self._max = mean_c, var_c, min_c, max_c
         self.sample = sample
         self.numel = numel
         self._group = group
+        # The group summary is this site's own (None included), not its recipe's: another site
+        # observing the same tensor shares the recipe, not its normalization groups.
+        self._own_group = own_group
         self._inst = inst
         self.derive = derive
+        self.failed = False
 
     def settled(self) -> CoreObs:
         """Itself, with its recipe's results (computed alone if not yet) in the fields left None."""
@@ -104,7 +109,7 @@ class CoreObs:
             self._var = d.var_c if self._var is None else self._var
             self._min = d.min_c if self._min is None else self._min
             self._max = d.max_c if self._max is None else self._max
-            self._group = d.group if self._group is None else self._group
+            self._group = d.group if self._group is None and not self._own_group else self._group
             self._inst = d.inst if self._inst is None else self._inst
             self.derive = None
         return self
@@ -145,13 +150,14 @@ class CoreObs:
         return self._inst
 
     def fail(self) -> None:
-        """Its statistics could not be computed: NaN for this step (as for a site that did not run)."""
+        """Its statistics could not be computed: recorded as a site that did not run this step."""
         ref = self._mean if self._mean is not None else self.derive
         assert ref is not None
         c, device = (ref.numel(), ref.device) if isinstance(ref, torch.Tensor) else (ref.channels, ref.device)
         nan = torch.full((c,), math.nan, device=device)
         self._mean = self._var = self._min = self._max = nan
-        self._group, self.derive = None, None
+        self.sample = torch.full_like(self.sample, math.nan)
+        self._group, self.derive, self.failed = None, None, True
 
     def pending(self) -> list[FromInvStd]:
         """Its variance and group scale still to compute."""
@@ -266,7 +272,7 @@ def observe(
             else:
                 kernel = S.channel_mean_invstd(x, channel_dim)
                 if kernel is not None:  # the variance is computed at the end of the step, with the others'
-                    mean_c, var_c = kernel[0], FromInvStd(kernel[1])
+                    mean_c, var_c = kernel[0], FromInvStd(kernel[1], zero_is_constant=True)
                 else:
                     mean_c, var_c = S.channel_moments(x, channel_dim)
                 min_c, max_c = S.channel_extrema(x, channel_dim)
@@ -280,7 +286,7 @@ def observe(
         else:
             group = _group_moments(x, spec, base, sampler.gen(x.device))
     return CoreObs(base._mean, base._var, base._min, base._max, base.sample, base.numel, group, base._inst,
-                   base.derive)
+                   base.derive, own_group=True)
 
 
 def _group_moments(x: torch.Tensor, spec: NormSpec, base: CoreObs,
@@ -291,7 +297,8 @@ def _group_moments(x: torch.Tensor, spec: NormSpec, base: CoreObs,
     :func:`~normviz.record.stats.group_moments`."""
     if spec.group_dims == "batch":
         if spec.centered and isinstance(base._var, FromInvStd):
-            return base.mean_c, FromInvStd(base._var.invstd, base._var.eps, root=True)
+            v = base._var
+            return base.mean_c, FromInvStd(v.invstd, v.eps, root=True, zero_is_constant=v.zero_is_constant)
         return S.group_moments(x, spec, base.mean_c, base.var_c, gen)
     rows = S.group_rows(x, spec)
     if rows is None or rows.numel() == 0:

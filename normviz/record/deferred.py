@@ -18,12 +18,15 @@ from collections.abc import Iterable, Sequence
 import torch
 
 
-def var_from_invstd(invstd: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+def var_from_invstd(invstd: torch.Tensor, eps: torch.Tensor | float, zero_is_constant: bool = False) -> torch.Tensor:
     """The variance 1/invstd² − eps (≥ 0) behind a normalization kernel's inverse std.
 
-    With eps = 0 a constant channel or row has invstd 0 (batch-norm kernel) or inf
-    (layer-norm kernel): both give variance 0. NaN stays NaN."""
-    var = torch.nan_to_num(invstd.pow(-2), nan=math.nan, posinf=0.0)
+    A constant channel or row (eps = 0) has invstd inf, so variance 0; invstd 0 is a variance
+    that overflowed, so inf — except from PyTorch's batch-norm statistics kernel, which reports
+    a constant channel as invstd 0 (``zero_is_constant``). NaN stays NaN."""
+    var = invstd.pow(-2)
+    if zero_is_constant:
+        var = torch.nan_to_num(var, nan=math.nan, posinf=0.0)
     if isinstance(eps, torch.Tensor) or eps != 0.0:
         var = (var - eps).clamp_min(0.0)
     return var
@@ -33,20 +36,22 @@ class FromInvStd:
     """A variance 1/invstd² − eps, or (``root=True``) the standard deviation, not yet computed;
     given the ``mean`` too, the root mean square sqrt(variance + mean²) (an RMSNorm's scale)."""
 
-    __slots__ = ("invstd", "eps", "root", "mean", "_value")
+    __slots__ = ("invstd", "eps", "root", "mean", "zero_is_constant", "_value")
 
     def __init__(self, invstd: torch.Tensor, eps: float = 0.0, root: bool = False,
-                 mean: torch.Tensor | None = None) -> None:
+                 mean: torch.Tensor | None = None, zero_is_constant: bool = False) -> None:
         self.invstd = invstd
         self.eps = float(eps)
         self.root = root or mean is not None
         self.mean = mean
+        self.zero_is_constant = zero_is_constant  # see var_from_invstd
         self._value: torch.Tensor | None = None
 
     def value(self) -> torch.Tensor:
         """The tensor (computed alone, if :func:`settle` has not computed it yet)."""
         if self._value is None:
-            self._value = _finish(var_from_invstd(self.invstd, self.eps), self.root, self.mean)
+            var = var_from_invstd(self.invstd, self.eps, self.zero_is_constant)
+            self._value = _finish(var, self.root, self.mean)
         return self._value
 
 
@@ -93,17 +98,18 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 def settle(pending: Iterable[FromInvStd], eps_vectors: EpsVectors) -> None:
     """Compute every pending variance, std and RMS of a step together, per device and kind:
     one concatenation and the same few ops for all."""
-    batches: dict[tuple[torch.device, bool], list[FromInvStd]] = {}
+    batches: dict[tuple[torch.device, bool, bool], dict[int, FromInvStd]] = {}
     for p in pending:
-        if p._value is None:
-            batches.setdefault((p.invstd.device, p.mean is not None), []).append(p)
-    for (device, rms), todo in batches.items():
+        if p._value is None:  # (one shared by two sites is computed once)
+            batches.setdefault((p.invstd.device, p.mean is not None, p.zero_is_constant), {})[id(p)] = p
+    for (device, rms, zero_is_constant), unique in batches.items():
+        todo = list(unique.values())
         if len(todo) == 1:
             todo[0].value()
             continue
         sizes = [p.invstd.numel() for p in todo]
         var = var_from_invstd(torch.cat([p.invstd.reshape(-1) for p in todo]),
-                              eps_vectors.get(sizes, [p.eps for p in todo], device))
+                              eps_vectors.get(sizes, [p.eps for p in todo], device), zero_is_constant)
         if rms:
             var = _finish(var, True, torch.cat([p.mean.reshape(-1) for p in todo]))  # type: ignore[union-attr]
         root = var.sqrt() if not rms and any(p.root for p in todo) else var

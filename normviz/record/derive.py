@@ -44,6 +44,10 @@ def _split_into(recipes: Sequence[Recipe], sizes: Sequence[int], **fields: torch
     for i, r in enumerate(recipes):
         for name, split in parts.items():
             setattr(r, name, split[i])
+
+
+def _done(recipes: Sequence[Recipe]) -> None:
+    for r in recipes:
         r.done = True
 
 
@@ -115,6 +119,7 @@ def run_batchnorm_outputs(recipes: Sequence[BatchNormOutput], eps_vectors: EpsVe
     _split_into(recipes, sizes, mean_c=mean, var_c=var, min_c=lo, max_c=hi)
     for r, std in zip(recipes, var.sqrt().split(sizes)):
         r.group = (r.mean_c, std)  # type: ignore[assignment]  # a BatchNorm's groups are its channels
+    _done(recipes)
 
 
 # -- GroupNorm inputs and outputs -------------------------------------------------------------------
@@ -173,6 +178,7 @@ def run_pooled(recipes: Sequence[PooledInstances]) -> None:
     mean_c, var_c = _pool_rows(mean, var)
     _split_into(recipes, [r.source.mean.shape[1] for r in recipes], mean_c=mean_c, var_c=var_c,
                 min_c=lo.amin(1), max_c=hi.amax(1))
+    _done(recipes)
 
 
 class GroupNormOutput(Recipe):
@@ -208,18 +214,20 @@ class GroupIndex:
     layers) and each group's channel count, built once per sequence of (channels, groups)."""
 
     def __init__(self) -> None:
-        self._key: tuple[tuple[int, int], ...] | None = None
-        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, shapes: Sequence[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = tuple(shapes)
-        if key != self._key or self._value is None:
+        value = self._cache.get(key)
+        if value is None:
+            if len(self._cache) > 16:  # layers that change every step: keep the cache bounded
+                self._cache.clear()
             gid = torch.cat([torch.arange(g).repeat_interleave(c // g) for c, g in key])
             offsets = torch.tensor([0] + [g for _, g in key[:-1]]).cumsum(0)
             owner = torch.cat([torch.full((c,), i) for i, (c, _) in enumerate(key)])
             counts = torch.cat([torch.full((g,), float(c // g)) for c, g in key]).unsqueeze(1)
-            self._key, self._value = key, (to_device(gid + offsets[owner], device), to_device(counts, device))
-        return self._value
+            value = self._cache[key] = (to_device(gid + offsets[owner], device), to_device(counts, device))
+        return value
 
 
 def _group_sums(values: torch.Tensor, gid: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -262,6 +270,7 @@ def run_groupnorm_outputs(recipes: Sequence[GroupNormOutput], index: GroupIndex,
                                          hi_y.split(channels), g_mean.split(groups), g_std.split(groups)):
         r.inst = InstanceMoments(my.t(), vy.t(), ly.t(), hy.t())
         r.group = _bounded(gm.reshape(-1), gs.reshape(-1), r.gen)
+    _done(recipes)
 
 
 # -- all of a step ----------------------------------------------------------------------------------
@@ -277,7 +286,7 @@ class RecipeRunner:
     def __init__(self, strict: bool = False) -> None:
         self.eps = EpsVectors()
         self.strict = strict
-        self._groups: dict[tuple[torch.device, int], GroupIndex] = {}
+        self._groups: dict[torch.device, GroupIndex] = {}
         self._warned = False
 
     def run(self, obs: Iterable[CoreObs]) -> None:
@@ -311,11 +320,11 @@ class RecipeRunner:
                 assert isinstance(r, BatchNormOutput)
                 key = (type(r), r.inp.mean_c.device, 0)
             batches.setdefault(key, []).append(r)
-        for (kind, device, n), batch in batches.items():
+        for (kind, device, _), batch in batches.items():
             if kind is PooledInstances:
                 run_pooled(batch)  # type: ignore[arg-type]
             elif kind is GroupNormOutput:
-                index = self._groups.setdefault((device, n), GroupIndex())
+                index = self._groups.setdefault(device, GroupIndex())
                 run_groupnorm_outputs(batch, index, self.eps)  # type: ignore[arg-type]
         for (kind, _, _), batch in batches.items():
             if kind is BatchNormOutput:  # after the others: a BatchNorm's input may be a GroupNorm's output

@@ -62,7 +62,7 @@ def channel_moments(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, to
     if kernel is not None:
         # (values, channels): PyTorch's batch-norm statistics kernel is 1.1-3x faster on CPU
         # than the shifted sums below and more precise (two passes, wide accumulators).
-        return kernel[0], var_from_invstd(kernel[1], 0.0)
+        return kernel[0], var_from_invstd(kernel[1], 0.0, zero_is_constant=True)
     x, cd = _channel_layout(x, channel_dim)
     dims = reduce_dims(x.dim(), cd)
     index: list[int | slice] = [0] * x.dim()
@@ -238,11 +238,14 @@ def row_moments(rows: torch.Tensor, centered: bool) -> tuple[torch.Tensor, torch
 
 def row_mean_invstd(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and 1/std of every row of a float32 (groups, values) matrix, [groups] each, from
-    PyTorch's layer-norm kernel: one pass with wide accumulators, where the shifted sums of
-    :func:`channel_moments` take about ten ops (see :func:`~normviz.record.deferred.var_from_invstd`
-    for the variance; a constant row has 1/std = inf)."""
-    _, mean, invstd = torch.native_layer_norm(rows, [rows.shape[1]], None, None, 0.0)
-    return mean.reshape(-1), invstd.reshape(-1)
+    PyTorch's layer-norm kernel: three ops where the shifted sums of :func:`channel_moments`
+    take about ten (see :func:`~normviz.record.deferred.var_from_invstd` for the variance; a
+    constant row has 1/std = inf). The kernel's float32 sums lose the variance when
+    |mean| >> std (on CPU, 1e-4 relative at |mean|/std = 1e4), so the rows are shifted by
+    their first value first, as the shifted sums are."""
+    shift = rows[:, :1]
+    _, mean, invstd = torch.native_layer_norm(rows - shift, [rows.shape[1]], None, None, 0.0)
+    return mean.reshape(-1) + shift.reshape(-1), invstd.reshape(-1)
 
 
 def channel_mean_invstd(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -84,22 +84,26 @@ def test_derived_equals_direct():
 
 def test_settle_batches_variances_stds_and_rms_like_alone():
     gen = torch.Generator().manual_seed(5)
-    invstd = [torch.rand(7, generator=gen) + 0.1, torch.tensor([0.0, 2.0]), torch.tensor([float("inf"), 1.0]),
-              torch.tensor([float("nan"), 0.5])]
+    inf, nan = float("inf"), float("nan")
+    invstd = [torch.rand(7, generator=gen) + 0.1, torch.tensor([0.0, 2.0]), torch.tensor([inf, 1.0]),
+              torch.tensor([nan, 0.5])]
     mean = torch.randn(2, generator=gen)
 
     def make():
-        return [FromInvStd(invstd[0], eps=1e-3), FromInvStd(invstd[1]), FromInvStd(invstd[2], root=True),
-                FromInvStd(invstd[3], eps=1e-5, root=True), FromInvStd(invstd[1], mean=mean)]
+        return [FromInvStd(invstd[0], eps=1e-3), FromInvStd(invstd[1], zero_is_constant=True),
+                FromInvStd(invstd[2], root=True), FromInvStd(invstd[3], eps=1e-5, root=True),
+                FromInvStd(invstd[1], mean=mean), FromInvStd(invstd[1]), FromInvStd(invstd[1], eps=1e-5)]
 
     batched, alone = make(), make()
     settle(batched, EpsVectors())
     for a, b in zip(batched, alone):
         np.testing.assert_allclose(a.value().numpy(), b.value().numpy(), rtol=1e-7)
-    assert batched[1].value()[0] == 0 and batched[2].value()[0] == 0  # constant: variance 0 either way
+    # A constant channel: invstd 0 from the batch-norm kernel, inf from the others; variance 0.
+    assert batched[1].value()[0] == 0 and batched[2].value()[0] == 0
+    # Otherwise invstd 0 is a variance that overflowed: inf, with or without eps.
+    assert batched[5].value()[0] == inf and batched[6].value()[0] == inf and batched[4].value()[0] == inf
     assert torch.isnan(batched[3].value()[0])
-    var = torch.tensor([0.0, 1 / 2.0**2])  # invstd [0, 2]: a constant row, then variance 1/4
-    np.testing.assert_allclose(batched[4].value().numpy(), (var + mean**2).sqrt().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(batched[4].value()[1].item(), (1 / 2.0**2 + mean[1] ** 2).sqrt().item(), rtol=1e-6)
 
 
 def _train(path, **kwargs) -> None:
@@ -122,10 +126,13 @@ def test_a_derivation_that_fails_leaves_its_sites_nan_and_training_on(tmp_path, 
     with pytest.warns(RuntimeWarning, match="end-of-step statistics failed together .*unexpected layer"):
         _train(tmp_path / "r.h5")
     with normviz.open(tmp_path / "r.h5") as run:
-        assert np.isnan(run.stat("mean", "1", "output")).all()  # the BatchNorm's derived output
+        # The BatchNorm's derived output is recorded as a site that did not run.
+        for stat in ("mean", "channel_var", "percentiles", "numel", "nonfinite"):
+            assert np.isnan(run.stat(stat, "1", "output")).all(), stat
+        assert (run.stat("hist", "1", "output") == 0).all()
         assert np.isfinite(run.stat("mean", "1", "input")).all()
         assert np.isfinite(run.stat("channel_var", "4", "output")).all()  # the GroupNorm's, derived too
-        assert np.isfinite(run.stat("percentiles", "1", "output")).all()  # its sample is its own
+        assert (run.stat("nonfinite", "4", "output") == 0).all()
     with pytest.raises(RuntimeError, match="unexpected layer"):
         _train(tmp_path / "strict.h5", on_error="raise")
 
@@ -163,3 +170,47 @@ def test_groupnorm_statistics_of_an_eval_pass_match_float64(tmp_path):
         np.testing.assert_allclose(ev.stat("group_scale", "1", "input")[-1],
                                    np.percentile(groups.std(2, unbiased=False).numpy(), levels), rtol=1e-4, atol=1e-5,
                                    err_msg="group stds")
+
+
+def test_an_overflowing_variance_stays_inf_and_a_constant_one_zero():
+    """A diverging run: one channel's values near 1e20 (its float32 variance overflows)."""
+    x = torch.randn(8, 4, 5, 5) * 2 + 3
+    x[:, 1] *= 1e20
+    x[:, 2] = 7.0  # constant
+    bn = nn.BatchNorm2d(4)
+    y = bn(x.requires_grad_())
+    with torch.no_grad():
+        borrowed = core.borrow(bn, x, y, torch.Generator())
+        obs = core.observe(x.detach(), 1, NormSpec("batch", 1, "batch"), sampler(), borrowed=borrowed)
+        direct = core.observe(x.detach(), 1, None, sampler())  # the batch-norm statistics kernel
+        rows = x.detach().reshape(8, 4, 25)[:, 1:3].reshape(16, 25)  # per-row: overflowing, constant
+        layer = core.observe(rows, -1, NormSpec("layer", -1, "trailing"), sampler())
+        rms = core.observe(rows, -1, NormSpec("rms", -1, "trailing", centered=False), sampler())
+    derive.RecipeRunner().run([obs, direct, layer, rms])
+    assert obs.var_c[1] == float("inf") and 0 <= obs.var_c[2] < 1e-7 * bn.eps  # borrowed: 1/rstd² − eps
+    assert direct.var_c[2] == 0  # the kernel's invstd 0 of a constant channel
+    assert (layer.group[1][0::2] == float("inf")).all() and (layer.group[1][1::2] == 0).all()
+    assert (rms.group[1][0::2] == float("inf")).all()
+    np.testing.assert_allclose(rms.group[1][1::2].numpy(), 7.0, rtol=1e-6)
+
+
+def test_group_moments_keep_their_precision_far_from_zero():
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(64, 256, generator=gen, dtype=torch.float64) * 0.01 + 100).float()  # |mean| / std = 1e4
+    obs = core.observe(x, -1, NormSpec("layer", -1, "trailing"), sampler())
+    want = x.double().std(1, unbiased=False)
+    np.testing.assert_allclose(obs.group[1].double().numpy(), want.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(obs.group[0].double().numpy(), x.double().mean(1).numpy(), rtol=1e-7)
+
+
+def test_a_site_sharing_a_derived_tensor_keeps_its_own_groups():
+    """A BatchNorm's output observed again by a norm site without groups (a DyT-like layer)."""
+    bn = nn.BatchNorm2d(4)
+    x = torch.randn(6, 4, 3, 3)
+    y = bn(x).detach()
+    inp = core.observe(x, 1, None, sampler())
+    out = derive.derive_batchnorm_output(y, inp, bn.weight, bn.bias, bn.eps, sampler())
+    again = core.observe(y, 1, NormSpec("dyt", 1, None), sampler(), base=out)
+    derive.RecipeRunner().run([inp, out, again])
+    assert out.group is not None and again.group is None
+    np.testing.assert_allclose(again.var_c.numpy(), out.var_c.numpy())
