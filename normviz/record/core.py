@@ -300,11 +300,9 @@ def _group_moments(x: torch.Tensor, spec: NormSpec, base: CoreObs,
             v = base._var
             return base.mean_c, FromInvStd(v.invstd, v.eps, root=True, zero_is_constant=v.zero_is_constant)
         return S.group_moments(x, spec, base.mean_c, base.var_c, gen)
-    rows = S.group_rows(x, spec)
-    if rows is None or rows.numel() == 0:
+    rows = S.bounded_group_rows(x, spec, gen)
+    if rows is None:
         return None
-    if rows.shape[0] > S.MAX_GROUPS:
-        rows = rows.index_select(0, torch.randint(0, rows.shape[0], (S.MAX_GROUPS,), generator=gen, device=rows.device))
     # The layer-norm kernel is one op where the shifted sums take ten; on a CPU it is also as
     # fast or faster up to about 2**18 values, and up to 2x slower beyond.
     if rows.dtype == torch.float32 and rows.shape[1] > 1 and (device_kernels(rows) or rows.numel() <= 1 << 18):

@@ -13,7 +13,8 @@ observing the same tensor) is computed alone, with the same result.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -66,26 +67,38 @@ def materialize(v: torch.Tensor | FromInvStd) -> torch.Tensor:
     return v.value() if isinstance(v, FromInvStd) else v
 
 
+class LayoutCache:
+    """Device tensors built once per layout (the key) and kept: the sites of a step repeat from
+    step to step, and building one costs a host-to-device copy. Bounded, so that sites that
+    change every step do not grow it."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self._cache: dict[Hashable, Any] = {}
+        self._limit = limit
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value of ``key``, from ``make()`` the first time."""
+        value = self._cache.get(key)
+        if value is None:
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            value = self._cache[key] = make()
+        return value
+
+
 class EpsVectors:
-    """Per-element eps vectors for concatenated sites, built once per sequence of (size, eps)
-    and kept: the sites of a step repeat from step to step, and building one costs a
-    host-to-device copy."""
+    """Per-element eps vectors for concatenated sites, built once per sequence of (size, eps)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[torch.device, tuple[tuple[int, float], ...]], torch.Tensor] = {}
+        self._cache = LayoutCache()
 
     def get(self, sizes: Sequence[int], eps: Sequence[float], device: torch.device) -> torch.Tensor | float:
         """A float when every eps is the same (a scalar broadcasts: no vector needed)."""
         if len(set(eps)) <= 1:
             return eps[0] if eps else 0.0
-        key = (device, tuple(zip(sizes, eps)))
-        vec = self._cache.get(key)
-        if vec is None:
-            if len(self._cache) > 16:  # sites that change every step: keep the cache bounded
-                self._cache.clear()
-            host = torch.cat([torch.full((n,), e) for n, e in key[1]])
-            vec = self._cache[key] = to_device(host, device)
-        return vec
+        pairs = tuple(zip(sizes, eps))
+        return self._cache.get((device, pairs), lambda: to_device(torch.cat([torch.full((n,), e) for n, e in pairs]),
+                                                                  device))
 
 
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

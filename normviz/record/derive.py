@@ -28,7 +28,7 @@ import torch
 from normviz.record import shards
 from normviz.record import stats as S
 from normviz.record.core import CoreObs, InstanceMoments, Recipe, _bounded
-from normviz.record.deferred import EpsVectors, FromInvStd, settle, to_device
+from normviz.record.deferred import EpsVectors, FromInvStd, LayoutCache, settle, to_device
 from normviz.record.fused import FusedReductions
 from normviz.record.sampling import Sampler
 
@@ -165,17 +165,10 @@ def _channels_major(insts: Sequence[InstanceMoments]) -> tuple[torch.Tensor, ...
     return tuple(_cat([getattr(i, f).t() for i in insts]) for f in ("mean", "var", "lo", "hi"))
 
 
-def _pool_rows(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of each row's union of equal parts, from the parts' [rows, N]."""
-    pooled = mean.mean(1)
-    spread = (mean - pooled.unsqueeze(1)).square()
-    return pooled, (var + spread).mean(1).clamp_min(0.0)
-
-
 def run_pooled(recipes: Sequence[PooledInstances]) -> None:
     """Every pooled GroupNorm input of one device and batch size together."""
     mean, var, lo, hi = _channels_major([r.source for r in recipes])
-    mean_c, var_c = _pool_rows(mean, var)
+    mean_c, var_c = S.pool(mean, var, dim=1)
     _split_into(recipes, [r.source.mean.shape[1] for r in recipes], mean_c=mean_c, var_c=var_c,
                 min_c=lo.amin(1), max_c=hi.amax(1))
     _done(recipes)
@@ -197,7 +190,7 @@ class GroupNormOutput(Recipe):
         return [self.source.var_] if isinstance(self.source.var_, FromInvStd) else []
 
     def run_alone(self) -> None:
-        run_groupnorm_outputs([self], GroupIndex(), EpsVectors())
+        run_groupnorm_outputs([self], LayoutCache(), EpsVectors())
 
 
 def derive_groupnorm_output(y: torch.Tensor, inp: CoreObs, module: torch.nn.GroupNorm, sampler: Sampler) -> CoreObs:
@@ -209,25 +202,14 @@ def derive_groupnorm_output(y: torch.Tensor, inp: CoreObs, module: torch.nn.Grou
     return CoreObs(None, None, None, None, sampler.draw(y), inp.numel, derive=recipe)
 
 
-class GroupIndex:
-    """For GroupNorm layers concatenated along their channels: each channel's group (over all
-    layers) and each group's channel count, built once per sequence of (channels, groups)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, shapes: Sequence[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple(shapes)
-        value = self._cache.get(key)
-        if value is None:
-            if len(self._cache) > 16:  # layers that change every step: keep the cache bounded
-                self._cache.clear()
-            gid = torch.cat([torch.arange(g).repeat_interleave(c // g) for c, g in key])
-            offsets = torch.tensor([0] + [g for _, g in key[:-1]]).cumsum(0)
-            owner = torch.cat([torch.full((c,), i) for i, (c, _) in enumerate(key)])
-            counts = torch.cat([torch.full((g,), float(c // g)) for c, g in key]).unsqueeze(1)
-            value = self._cache[key] = (to_device(gid + offsets[owner], device), to_device(counts, device))
-        return value
+def group_index(shapes: Sequence[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For GroupNorm layers of (channels, groups) ``shapes`` concatenated along their channels:
+    each channel's group over all layers [ΣC], and each group's channel count [ΣG, 1]."""
+    gid = torch.cat([torch.arange(g).repeat_interleave(c // g) for c, g in shapes])
+    offsets = torch.tensor([0] + [g for _, g in shapes[:-1]]).cumsum(0)
+    owner = torch.cat([torch.full((c,), i) for i, (c, _) in enumerate(shapes)])
+    counts = torch.cat([torch.full((g,), float(c // g)) for c, g in shapes]).unsqueeze(1)
+    return to_device(gid + offsets[owner], device), to_device(counts, device)
 
 
 def _group_sums(values: torch.Tensor, gid: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -235,12 +217,14 @@ def _group_sums(values: torch.Tensor, gid: torch.Tensor, n_groups: int) -> torch
     return values.new_zeros(n_groups, values.shape[1]).index_add_(0, gid, values)
 
 
-def run_groupnorm_outputs(recipes: Sequence[GroupNormOutput], index: GroupIndex, eps_vectors: EpsVectors) -> None:
-    """Every GroupNorm output of one device and batch size together (see the module's docstring)."""
+def run_groupnorm_outputs(recipes: Sequence[GroupNormOutput], layouts: LayoutCache, eps_vectors: EpsVectors) -> None:
+    """Every GroupNorm output of one device and batch size together (see the module's docstring);
+    ``layouts`` keeps their channel-to-group index."""
     channels = [r.source.mean.shape[1] for r in recipes]
     groups = [r.groups for r in recipes]
     m, v, lo, hi = _channels_major([r.source for r in recipes])  # [ΣC, N]
-    gid, count = index.get(list(zip(channels, groups)), m.device)
+    shapes = tuple(zip(channels, groups))
+    gid, count = layouts.get((m.device, shapes), lambda: group_index(shapes, m.device))
     n_groups = sum(groups)
     # The input's (sample, group) moments, as the layer normalized with.
     mu_g = _group_sums(m, gid, n_groups) / count
@@ -260,7 +244,7 @@ def run_groupnorm_outputs(recipes: Sequence[GroupNormOutput], index: GroupIndex,
         mean_y, lo_y, hi_y = a * dev, a * (lo - mu), a * (hi - mu)
     var_y = a.square() * v
     lo_y, hi_y = torch.minimum(lo_y, hi_y), torch.maximum(lo_y, hi_y)
-    mean_c, var_c = _pool_rows(mean_y, var_y)
+    mean_c, var_c = S.pool(mean_y, var_y, dim=1)
     # The output's (sample, group) moments.
     g_mean = _group_sums(mean_y, gid, n_groups) / count
     g_dev = mean_y - g_mean.index_select(0, gid)
@@ -286,7 +270,7 @@ class RecipeRunner:
     def __init__(self, strict: bool = False) -> None:
         self.eps = EpsVectors()
         self.strict = strict
-        self._groups: dict[torch.device, GroupIndex] = {}
+        self._layouts = LayoutCache()  # the GroupNorm layers' channel-to-group indices
         self._warned = False
 
     def run(self, obs: Iterable[CoreObs]) -> None:
@@ -320,12 +304,11 @@ class RecipeRunner:
                 assert isinstance(r, BatchNormOutput)
                 key = (type(r), r.inp.mean_c.device, 0)
             batches.setdefault(key, []).append(r)
-        for (kind, device, _), batch in batches.items():
+        for (kind, _, _), batch in batches.items():
             if kind is PooledInstances:
                 run_pooled(batch)  # type: ignore[arg-type]
             elif kind is GroupNormOutput:
-                index = self._groups.setdefault(device, GroupIndex())
-                run_groupnorm_outputs(batch, index, self.eps)  # type: ignore[arg-type]
+                run_groupnorm_outputs(batch, self._layouts, self.eps)  # type: ignore[arg-type]
         for (kind, _, _), batch in batches.items():
             if kind is BatchNormOutput:  # after the others: a BatchNorm's input may be a GroupNorm's output
                 run_batchnorm_outputs(batch, self.eps)  # type: ignore[arg-type]

@@ -94,13 +94,6 @@ def instance_mean_invstd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.view(n, c), rstd.view(n, c)
 
 
-def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population variance of every (sample, channel) row of a contiguous float32
-    (N, C, ...) tensor, [N * C] each (see :func:`instance_mean_invstd`)."""
-    mean, rstd = instance_mean_invstd(x)
-    return mean.reshape(-1), var_from_invstd(rstd, 0.0).reshape(-1)
-
-
 def channel_extrema(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel minimum and maximum of *x*, float32 (NaN if the channel holds a NaN)."""
     x, cd = _channel_layout(x, channel_dim)
@@ -138,7 +131,8 @@ def pool(mean: torch.Tensor, var: torch.Tensor, dim: int = 0) -> tuple[torch.Ten
     """Mean and variance of the union of equal-size parts from the parts' means and
     variances along *dim* (the spread of the means is added, never cancelled)."""
     pooled = mean.mean(dim)
-    return pooled, (var.mean(dim) + (mean - pooled.unsqueeze(dim)).square().mean(dim)).clamp_min(0.0)
+    spread = (mean - pooled.unsqueeze(dim)).square()
+    return pooled, (var + spread).mean(dim).clamp_min(0.0)
 
 
 def pooled_moments(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +213,19 @@ def group_moments(
         if spec.centered:
             return mean_c, var_c.sqrt()
         return mean_c, (var_c + mean_c.square()).sqrt()
+    rows = bounded_group_rows(x, spec, gen)
+    return None if rows is None else row_moments(rows, spec.centered)
+
+
+def bounded_group_rows(x: torch.Tensor, spec: NormSpec, gen: torch.Generator) -> torch.Tensor | None:
+    """:func:`group_rows`, at most :data:`MAX_GROUPS` of them (a random subset beyond); None if none."""
     rows = group_rows(x, spec)
     if rows is None or rows.numel() == 0:
         return None
     if rows.shape[0] > MAX_GROUPS:
         pick = torch.randint(0, rows.shape[0], (MAX_GROUPS,), generator=gen, device=rows.device)
         rows = rows.index_select(0, pick)
-    return row_moments(rows, spec.centered)
+    return rows
 
 
 def row_moments(rows: torch.Tensor, centered: bool) -> tuple[torch.Tensor, torch.Tensor]:
