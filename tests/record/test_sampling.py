@@ -66,3 +66,17 @@ def test_the_global_random_streams_are_untouched():
     state = torch.get_rng_state()
     steps(sampler(), tensors, 5)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_channels_last_tensor_is_sampled_in_memory_order_and_uniformly():
+    """Dense tensors are read through their memory-order view (no copy): the sample still
+    takes every value with the same chance."""
+    x = torch.arange(2 * 8 * 16 * 16, dtype=torch.float32).view(2, 8, 16, 16).contiguous(
+        memory_format=torch.channels_last)
+    drawn = steps(sampler(), [x], 40)
+    pooled = torch.cat([d[0] for d in drawn[1:]]).long().numpy()
+    counts = np.bincount(pooled, minlength=x.numel())
+    expected = pooled.size / x.numel()
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < x.numel() + 6 * np.sqrt(2 * x.numel())
+    assert set(np.unique(pooled)) <= set(range(x.numel()))

@@ -188,3 +188,65 @@ def test_draw_sample_noncontiguous_uses_own_generator():
     s = S.draw_sample(x, 100, torch.Generator().manual_seed(0))
     assert torch.equal(torch.get_rng_state(), state)
     assert set(s.tolist()) <= set(range(24))
+
+
+@pytest.mark.parametrize("shape", [
+    (64, 16, 16, 16),  # 16 channels: the narrow (values, channels) matrix is folded
+    (8, 3, 5, 7),  # 3 channels, rows not a multiple of the fold: reduced unfolded
+    (16, 32, 8, 8), (4, 64, 3, 3),  # wide enough as they are
+])
+def test_channels_last_images_match_float64(shape):
+    """Inductor and mixed-precision CNNs lay convolution outputs out channels-last: read as a
+    (values, channels) matrix, same numbers as the contiguous tensor (moments to float64,
+    extrema exactly, a constant channel at variance 0, NaN visible)."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(shape, generator=gen) * 0.5 + 50).contiguous(memory_format=torch.channels_last)  # |mean|/std 100
+    x[:, 1] = 7.0  # a constant channel
+    assert not x.is_contiguous()
+    ref = x.double().transpose(0, 1).reshape(shape[1], -1).numpy()
+    mean, var = S.channel_moments(x, 1)
+    np.testing.assert_allclose(mean.numpy(), ref.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(var.numpy()[[0, *range(2, shape[1])]], ref.var(1)[[0, *range(2, shape[1])]], rtol=1e-4)
+    assert var[1] == 0 and mean[1] == 7.0
+    lo, hi = S.channel_extrema(x, 1)
+    np.testing.assert_array_equal(lo.numpy(), ref.min(1).astype(np.float32))
+    np.testing.assert_array_equal(hi.numpy(), ref.max(1).astype(np.float32))
+    x[2, 0, 1, 1] = float("nan")
+    lo, hi = S.channel_extrema(x, 1)
+    mean, _ = S.channel_moments(x, 1)
+    assert torch.isnan(lo[0]) and torch.isnan(hi[0]) and torch.isnan(mean[0]) and not torch.isnan(lo[1:]).any()
+
+
+def test_channels_innermost_in_memory_are_read_as_a_matrix():
+    """An (N, C, L) tensor transposed from (N, L, C) (attention and 1-D conv code) is a free
+    (values, channels) view, channels-last images too; a channels-first tensor is not."""
+    x = torch.randn(4, 9, 6).transpose(1, 2)  # (N, C=6, L=9), channel stride 1
+    flat = S._channels_last_2d(x, 1)
+    assert flat is not None and flat.shape == (36, 6) and flat.data_ptr() == x.data_ptr()
+    mean, var = S.channel_moments(x, 1)
+    ref = x.double().transpose(0, 1).reshape(6, -1).numpy()
+    np.testing.assert_allclose(mean.numpy(), ref.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var.numpy(), ref.var(1), rtol=1e-4)
+    assert S._channels_last_2d(torch.randn(4, 6, 9), 1) is None
+    assert S._channels_last_2d(torch.randn(2, 5, 3, 3).contiguous(memory_format=torch.channels_last), 1) is not None
+
+
+@pytest.mark.parametrize("channels", [8, 40])
+def test_instances_of_channels_last_images_match_float64(channels):
+    """|mean|/std = 100: the group-norm kernel's channels-last path loses the variance (1e-2)."""
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.randn(6, channels, 16, 16, generator=gen) * 0.5 + 50).contiguous(memory_format=torch.channels_last)
+    x[0, 1] = -3.0  # a constant (sample, channel)
+    assert S.reads_instances(x) and not x.is_contiguous()
+    rows = S.instance_source(x)
+    mean, invstd = S.instance_mean_invstd(rows)
+    lo, hi = S.row_extrema(rows.view(6 * channels, -1))
+    lo, hi = lo.view(6, channels), hi.view(6, channels)
+    ref = x.double().reshape(6, channels, -1).numpy()
+    np.testing.assert_allclose(mean.numpy(), ref.mean(2), rtol=1e-6)
+    var = var_from_invstd(invstd, 0.0).numpy()
+    np.testing.assert_allclose(var.reshape(-1)[2:], ref.var(2).reshape(-1)[2:], rtol=1e-4)
+    assert var[0, 1] == 0
+    np.testing.assert_array_equal(lo.numpy(), ref.min(2).astype(np.float32))
+    np.testing.assert_array_equal(hi.numpy(), ref.max(2).astype(np.float32))
+    assert not S.reads_instances(x[:, :, ::2])  # strided: not read without a copy
