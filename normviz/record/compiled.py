@@ -1,23 +1,27 @@
 """The recorder's hooks inside a ``torch.compile``d model: one graph per arming state, no breaks.
 
 When dynamo traces a model with the recorder's hooks, the hooks take this path instead
-of their eager one. Everything with Python state — counting a layer's calls, sites,
-de-duplication, the sampling generator, warnings — runs *outside* the graph, in
-opaque custom operators that dynamo records as calls with an ordered side effect
-(so they are neither dropped nor reordered):
+of their eager one. The per-channel reductions of each observed tensor (mean, variance,
+min, max) and the squared norm of each output gradient are traced into the graph, where
+the compiler fuses them into the model's own kernels. Everything with Python state —
+counting a layer's calls, sites, the sample, group summaries, plugin statistics,
+warnings — runs *outside* the graph, in opaque custom operators that dynamo records as
+calls with an ordered side effect (so they are not dropped):
 
 - ``normviz::new_forward`` (root pre-hook): a forward pass starts counting calls from 0;
-- ``normviz::observe_layer``: the layer's eager observation, on the very tensors the
-  compiled code produced at that point of the program; it returns the call's index
-  as a host tensor (no device sync) for the output-gradient tap;
+- ``normviz::observe_layer``: the layer's observation, on the very tensors the compiled
+  code produced at that point of the program and their reductions; it returns the call's
+  index as a host tensor (no device sync) for the output-gradient tap, and takes its
+  predecessor's as an input (see ``_chain``), which keeps the calls in program order;
 - ``normviz::keep_output_grad``: a tensor hook on the layer's output, traced into the
-  backward graph, that stores the squared gradient norm under that call.
+  backward graph, that stores the squared gradient norm (computed in the graph) under
+  that call.
 
 The hooks read only ``arming.armed`` and ``model.training`` in the graph, so dynamo
 guards on those and compiles one graph per arming state; the custom operators are
 called with constant keys, identical from step to step. Inside the operators the
 tensors are the compiled code's own buffers, which a later kernel may reuse: the
-observation is made at once (nothing is kept pending or reused across sites).
+observation is made at once, and what it keeps is copied.
 """
 
 from __future__ import annotations
@@ -53,38 +57,41 @@ def release(key: str) -> None:
 
 
 @torch.library.custom_op("normviz::new_forward", mutates_args=())
-def _new_forward(x: torch.Tensor | None, target: str) -> None:
+def _new_forward(x: torch.Tensor | None, target: str) -> torch.Tensor:
     hook = _registry.get(target)
     if hook is not None:
         hook.new_forward()
+    return torch.zeros((), dtype=torch.long)
 
 
 @_new_forward.register_fake
-def _(x: torch.Tensor | None, target: str) -> None:
-    return None
+def _(x: torch.Tensor | None, target: str) -> torch.Tensor:
+    return torch.empty((), dtype=torch.long)
 
 
 @torch.library.custom_op("normviz::observe_layer", mutates_args=())
-def _observe_layer(x: torch.Tensor | None, out: torch.Tensor | None, target: str) -> torch.Tensor:
+def _observe_layer(x: torch.Tensor | None, out: torch.Tensor | None, x_channels: list[torch.Tensor],
+                   out_channels: list[torch.Tensor], after: torch.Tensor | None, target: str) -> torch.Tensor:
     hook = _registry.get(target)
-    call = hook.observe_now(x, out) if hook is not None else -1
+    call = hook.observe_now(x, out, x_channels or None, out_channels or None) if hook is not None else -1
     return torch.tensor(call, dtype=torch.long)
 
 
 @_observe_layer.register_fake
-def _(x: torch.Tensor | None, out: torch.Tensor | None, target: str) -> torch.Tensor:
+def _(x: torch.Tensor | None, out: torch.Tensor | None, x_channels: list[torch.Tensor],
+      out_channels: list[torch.Tensor], after: torch.Tensor | None, target: str) -> torch.Tensor:
     return torch.empty((), dtype=torch.long)
 
 
 @torch.library.custom_op("normviz::keep_output_grad", mutates_args=())
-def _keep_output_grad(grad: torch.Tensor, call: torch.Tensor, target: str) -> None:
+def _keep_output_grad(sq_norm: torch.Tensor, call: torch.Tensor, target: str) -> None:
     hook = _registry.get(target)
     if hook is not None:
-        hook.keep_grad(grad, int(call))  # a host tensor: no device sync
+        hook.keep_grad_sq_norm(sq_norm, int(call))  # call: a host tensor, no device sync
 
 
 @_keep_output_grad.register_fake
-def _(grad: torch.Tensor, call: torch.Tensor, target: str) -> None:
+def _(sq_norm: torch.Tensor, call: torch.Tensor, target: str) -> None:
     return None
 
 
@@ -93,15 +100,62 @@ for _op in (_new_forward, _observe_layer, _keep_output_grad):
     _op.register_effect(torch.library.EffectType.ORDERED)
 
 
+#: The last observing operator traced in the current forward pass. Each one takes its
+#: predecessor's result as an (unused) input: the compiler keeps effectful calls, but
+#: inductor schedules them by their data, and a layer whose reductions are ready first
+#: would otherwise be observed first (the run's sites, and a layer's call indices, follow
+#: the order of observation). A list: dynamo (2.13) loses later stores to an object's
+#: attribute once a tensor hook is registered in the same trace, not a list item's.
+_chain: list[torch.Tensor | None] = [None]
+
+
 def traced_forward(target: str, x: torch.Tensor | None) -> None:
     """The root pre-hook's work, as dynamo traces it. ``x`` (the model's first tensor input,
     unused) anchors the call in the graph: inductor mis-schedules an effectful call with no
     tensor argument (it frees the graph's inputs before the kernels that read them)."""
-    torch.ops.normviz.new_forward(x, target)
+    _chain[0] = torch.ops.normviz.new_forward(x, target)
 
 
-def traced_layer(target: str, x: torch.Tensor | None, out: torch.Tensor | None) -> None:
-    """A layer hook's work, as dynamo traces it: observe now; tap the output's gradient."""
-    call = torch.ops.normviz.observe_layer(x, out, target)
+def channel_reductions(t: torch.Tensor | None, channel_dim: int | None) -> list[torch.Tensor]:
+    """Per-channel mean, population variance, minimum and maximum of ``t`` (float32), as
+    traced into the compiled graph: the compiler fuses them into one pass over ``t``, and
+    where the model itself reduces ``t`` the same way (a BatchNorm's var_mean) computes
+    them once for both. Empty where the eager path is left to decide (``channel_dim`` None,
+    no reduction dims)."""
+    if t is None or channel_dim is None or t.dim() < 2 or not t.is_floating_point() or type(t) is not torch.Tensor:
+        return []
+    cd = channel_dim % t.dim()
+    dims = [d for d in range(t.dim()) if d != cd]
+    v = t.float()
+    var, mean = torch.var_mean(v, dim=dims, correction=0)
+    return [mean, var, v.amin(dims), v.amax(dims)]
+
+
+def instance_reductions(t: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per-(sample, channel) mean, population variance, minimum and maximum of an (N, C, ...)
+    float32 tensor, [N, C] each, as traced into the graph (a GroupNorm's input: its group and
+    output statistics follow from these)."""
+    if t is None or t.dim() < 3 or t.dtype != torch.float32 or type(t) is not torch.Tensor:
+        return []
+    dims = list(range(2, t.dim()))
+    var, mean = torch.var_mean(t, dim=dims, correction=0)
+    return [mean, var, t.amin(dims), t.amax(dims)]
+
+
+def traced_layer(target: str, x: torch.Tensor | None, out: torch.Tensor | None, channel_dim: int | None,
+                 instances: bool = False) -> None:
+    """A layer hook's work, as dynamo traces it: the per-channel reductions in the graph (along
+    ``channel_dim``; None: none; ``instances``: the input's per (sample, channel) instead),
+    the rest of the observation in the opaque operator; then the output's gradient tap."""
+    x_channels = instance_reductions(x) if instances else channel_reductions(x, channel_dim)
+    out_channels = channel_reductions(out, channel_dim)
+    call = torch.ops.normviz.observe_layer(x, out, x_channels, out_channels, _chain[0], target)
+    _chain[0] = call
     if out is not None and out.requires_grad and torch.is_grad_enabled():
-        out.register_hook(lambda grad: torch.ops.normviz.keep_output_grad(grad, call, target))
+        out.register_hook(lambda grad: torch.ops.normviz.keep_output_grad(grad_sq_norm(grad), call, target))
+
+
+def grad_sq_norm(grad: torch.Tensor) -> torch.Tensor:
+    """‖grad‖² as a [1] float32 tensor, traced into the backward graph: fused into the
+    kernel that computes the gradient, which then need not be materialized for the tap."""
+    return grad.float().square().sum().reshape(1)

@@ -21,6 +21,7 @@ compute the same numbers one site at a time; tests hold the two together.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,6 +250,7 @@ def observe(
     base: CoreObs | None = None,
     borrowed: Borrowed | None = None,
     fused: FusedReductions | None = None,
+    channels: Sequence[torch.Tensor] | None = None,
 ) -> CoreObs:
     """The in-hook part: a few passes over *x* (moments, min/max), a sample, no host sync.
 
@@ -256,7 +258,8 @@ def observe(
     convolution's output is the next BatchNorm's input): its passes are reused and
     only the normalization groups are added. *borrowed* statistics replace the passes
     they make unnecessary. *fused* (``Recorder(compile=True)``) computes moments and
-    extrema in one compiled pass where it can.
+    extrema in one compiled pass where it can. *channels* are the per-channel (mean,
+    variance, min, max) of *x* computed already (by a compiled model's graph).
     """
     if x.dim() == 0:
         x = x.reshape(1)
@@ -266,7 +269,7 @@ def observe(
             mean_c, var_c = borrowed.mean_c, borrowed.var_c
             min_c, max_c = S.channel_extrema(x, channel_dim)
         else:
-            one_pass = fused.channels(x, channel_dim) if fused is not None else None
+            one_pass = tuple(channels) if channels else fused.channels(x, channel_dim) if fused is not None else None
             if one_pass is not None:
                 mean_c, var_c, min_c, max_c = one_pass
             else:

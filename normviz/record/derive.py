@@ -123,22 +123,26 @@ def run_batchnorm_outputs(recipes: Sequence[BatchNormOutput], eps_vectors: EpsVe
 
 
 # -- GroupNorm inputs and outputs -------------------------------------------------------------------
-def observe_instances(x: torch.Tensor, sampler: Sampler, fused: FusedReductions | None = None) -> CoreObs | None:
+def observe_instances(x: torch.Tensor, sampler: Sampler, fused: FusedReductions | None = None,
+                      given: Sequence[torch.Tensor] | None = None) -> CoreObs | None:
     """Observe an (N, C, ...) tensor through its per-(sample, channel) moments and extrema:
     its channel statistics pool them (at the end of the step), and a following GroupNorm's
-    input groups and whole output follow from them with no pass of their own. None if *x*
-    is not a contiguous (N, C, ...) float32 tensor."""
-    if x.dim() < 3 or x.dtype != torch.float32 or not x.is_contiguous() or x[0, 0].numel() < 2:
+    input groups and whole output follow from them with no pass of their own. None unless
+    :func:`~normviz.record.stats.reads_instances` (a float32 (N, C, ...) tensor, contiguous
+    or channels-last). *given*: the per-(sample, channel) mean, variance, min and max, computed
+    already (by a compiled model's graph)."""
+    if not S.reads_instances(x):
         return None
     n, c = x.shape[0], x.shape[1]
-    one_pass = fused.rows(x) if fused is not None else None
+    one_pass = tuple(given) if given else fused.rows(x) if fused is not None else None
     var: torch.Tensor | FromInvStd
     if one_pass is not None:
         mean, var, lo, hi = one_pass
         var = var.view(n, c)
     else:
-        mean, invstd = S.instance_mean_invstd(x)
-        lo, hi = S.row_extrema(x.view(n * c, -1))
+        rows = S.instance_source(x)
+        mean, invstd = S.instance_mean_invstd(rows)
+        lo, hi = S.row_extrema(rows.view(n * c, -1))
         var = FromInvStd(invstd.view(n, c))
     inst = InstanceMoments(mean.view(n, c), var, lo.view(n, c), hi.view(n, c))
     return CoreObs(None, None, None, None, sampler.draw(x), x.numel(), inst=inst, derive=PooledInstances(inst))

@@ -22,7 +22,7 @@ from torch import nn
 
 from normviz.datatypes import NormSpec
 from normviz.record import attention, compiled, core, shards
-from normviz.record.observe import PLAIN_BATCHNORMS, Observer
+from normviz.record.observe import PLAIN_BATCHNORMS, Observer, output_channel_dim
 from normviz.record.reductions import sq_norm
 
 _BORROWING = (*PLAIN_BATCHNORMS, nn.GroupNorm, nn.LayerNorm)  # see core.borrow
@@ -59,6 +59,7 @@ class LayerHook:
     """The forward hook of one module: observes its input (norm layers) and output."""
 
     __slots__ = ("arming", "observer", "training", "name", "spec", "is_norm", "derives", "can_borrow", "module",
+                 "graph_reduced", "graph_instances",
                  "compiled_id", "attention", "__weakref__")
 
     def __init__(self, arming: Arming, observer: Observer, model: nn.Module, name: str, spec: NormSpec | None,
@@ -80,6 +81,11 @@ class LayerHook:
             or (type(module) is nn.GroupNorm and spec.kind == "group")
         )
         self.can_borrow = type(module) in _BORROWING and spec is not None
+        # In a compiled graph, the channel dim its tensors are reduced along (that of its sites);
+        # a GroupNorm's statistics follow from its input's per-(sample, channel) ones instead.
+        self.graph_instances = type(module) is nn.GroupNorm and self.derives
+        self.graph_reduced = None if self.graph_instances else (
+            spec.channel_dim if spec is not None else output_channel_dim(module))
         self.compiled_id = compiled.register(self)
         # An attention module: its statistics recompute the logits from the call's inputs.
         self.attention = attention.heads_of(module) > 0
@@ -89,7 +95,8 @@ class LayerHook:
             return None
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if torch.compiler.is_compiling():  # traced by dynamo: see normviz.record.compiled
-            compiled.traced_layer(self.compiled_id, x if self.is_norm else None, first_tensor(output))
+            compiled.traced_layer(self.compiled_id, x if self.is_norm else None, first_tensor(output),
+                                  self.graph_reduced, self.graph_instances)
             return None
         if in_backward():
             # A forward recomputed for backward (activation checkpointing): the step's
@@ -108,10 +115,13 @@ class LayerHook:
         return None
 
     def _observe(self, module: nn.Module, call: int, x: torch.Tensor | None, out_t: torch.Tensor | None, *,
-                 reuse: bool, call_inputs: tuple[Any, dict[str, Any]] | None = None) -> None:
+                 reuse: bool, call_inputs: tuple[Any, dict[str, Any]] | None = None,
+                 x_channels: list[torch.Tensor] | None = None, out_channels: list[torch.Tensor] | None = None) -> None:
         """Observe call ``call``: the input (norm layers) and the output. ``reuse``: the tensors
         stay valid for the rest of the step (eager), so they may be left pending or matched
-        with another site's."""
+        with another site's. ``x_channels`` / ``out_channels``: their per-channel (mean,
+        variance, min, max), computed already (in a compiled graph; a GroupNorm's input's
+        per (sample, channel))."""
         obs = self.observer
         with torch.no_grad():
             # DTensor activations (tensor/sequence parallel) are read through their
@@ -127,12 +137,13 @@ class LayerHook:
                 borrowed = None
                 if self.can_borrow and out is not None and module.training and out is out_t:
                     borrowed = core.borrow(module, x, out, obs.gen(x.device))
+                channels, instances = (None, x_channels) if self.graph_instances else (x_channels, None)
                 obs_in = obs.observe(self.name, module, "input", call, x, self.spec, borrowed=borrowed,
-                                     source=source, reuse=reuse)
+                                     source=source, reuse=reuse, channels=channels, instances=instances)
             if out is not None:
-                derive = obs_in if self.derives and module.training else None
+                derive = obs_in if self.derives and module.training and out_channels is None else None
                 obs.observe(self.name, module, "output", call, out, self.spec, derive_from=derive, source=out_t,
-                            reuse=reuse, call_inputs=call_inputs)
+                            reuse=reuse, call_inputs=call_inputs, channels=out_channels)
 
     def _failed(self, exc: Exception) -> None:
         if self.observer.strict:
@@ -140,19 +151,27 @@ class LayerHook:
         self.observer.disable_layer(self.name, exc)
 
     # -- called by the custom operators of a compiled model (normviz.record.compiled) ------------
-    def observe_now(self, x: torch.Tensor | None, out: torch.Tensor | None) -> int:
-        """Observe one call of the layer in a compiled graph; returns the call's index."""
+    def observe_now(self, x: torch.Tensor | None, out: torch.Tensor | None,
+                    x_channels: list[torch.Tensor] | None = None,
+                    out_channels: list[torch.Tensor] | None = None) -> int:
+        """Observe one call of the layer in a compiled graph (with the per-channel reductions
+        the graph computed, if any); returns the call's index."""
         self.arming.compiled = True  # its graph is traced with the hooks: keep them from now on
         call = self.observer.next_call(self.name)
+        # The graph's buffers may be reused once this returns: the reductions are kept as one copy.
+        x_channels = list(torch.stack(x_channels).unbind()) if x_channels else None
+        out_channels = list(torch.stack(out_channels).unbind()) if out_channels else None
         try:
-            self._observe(self.module, call, x, out, reuse=False)
+            self._observe(self.module, call, x, out, reuse=False, x_channels=x_channels, out_channels=out_channels)
         except Exception as exc:  # noqa: BLE001 - recording must never break training (unless asked)
             self._failed(exc)
         return call
 
-    def keep_grad(self, grad: torch.Tensor, call: int) -> None:
-        """The output-gradient tap of call ``call`` in a compiled graph."""
-        GradNormHook(self.arming, self.observer, f"{self.name}|output|{call}")(grad)
+    def keep_grad_sq_norm(self, sq_norm: torch.Tensor, call: int) -> None:
+        """The output-gradient tap of call ``call`` in a compiled graph: ‖g‖², computed there."""
+        if self.arming.armed:
+            # A copy: the graph may reuse its buffer once this returns.
+            self.observer.set_result(f"{self.name}|output|{call}", "output_grad_norm", sq_norm.clone())
 
     def _tap_recomputed(self, output: Any) -> None:
         """Reentrant checkpointing runs the first forward without grad: the output-gradient

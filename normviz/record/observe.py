@@ -92,7 +92,7 @@ def _opted_in(opt_in: Mapping[str, list[str]], stat: str, layer: str) -> bool:
 def _can_claim(module: nn.Module, x: torch.Tensor, borrowed: core.Borrowed | None) -> bool:
     """Whether this norm layer can observe its input for the layer that produced it too."""
     if type(module) is nn.GroupNorm:
-        return x.dim() >= 3 and x.dtype == torch.float32 and x.is_contiguous()
+        return S.reads_instances(x)
     return borrowed is not None and borrowed.mean_c is not None
 
 
@@ -200,24 +200,19 @@ class Observer:
 
     # -- observing --------------------------------------------------------------------------
     def observe(
-        self,
-        name: str,
-        module: nn.Module,
-        role: str,
-        call: int,
-        x: torch.Tensor,
-        spec: NormSpec | None,
-        derive_from: core.CoreObs | None = None,
-        borrowed: core.Borrowed | None = None,
-        source: torch.Tensor | None = None,
-        reuse: bool = True,
+        self, name: str, module: nn.Module, role: str, call: int, x: torch.Tensor, spec: NormSpec | None,
+        derive_from: core.CoreObs | None = None, borrowed: core.Borrowed | None = None,
+        source: torch.Tensor | None = None, reuse: bool = True,
         call_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+        channels: Sequence[torch.Tensor] | None = None, instances: Sequence[torch.Tensor] | None = None,
     ) -> core.CoreObs | None:
         """Reduce the tensor ``x`` of one site; returns its core observation (None if skipped).
         ``source``: the tensor the module saw when ``x`` is its local shard (a DTensor).
         ``reuse=False``: ``x`` may be overwritten once this returns (a compiled graph's
         buffer): it is reduced now, neither left pending nor matched with another site's.
-        ``call_inputs``: the module call's (args, kwargs), for statistics that read them."""
+        ``call_inputs``: the module call's (args, kwargs), for statistics that read them.
+        ``channels``: ``x``'s per-channel (mean, variance, min, max), computed already;
+        ``instances``: a GroupNorm input's per-(sample, channel) ones."""
         if name in self.disabled_layers or not x.is_floating_point() or x.numel() == 0:
             return None
         key = f"{name}|{role}|{call}"
@@ -240,7 +235,7 @@ class Observer:
             elif base is not None and _can_claim(module, x, borrowed):
                 hit[2].lazy = True  # type: ignore[index]  # from the next recorded step on, leave it to this layer
             if base is None and type(module) is nn.GroupNorm:
-                base = derive.observe_instances(x, self.sampler, self.fused)
+                base = derive.observe_instances(x, self.sampler, self.fused, instances)
                 if base is not None and reuse:
                     self.seen[ident] = (weakref.ref(x), base, st)
         elif st.lazy and base is None and not st.extras and reuse:
@@ -256,7 +251,8 @@ class Observer:
         elif derive_from is not None and base is None and derive_from.inst is not None:
             obs = derive.derive_groupnorm_output(x, derive_from, module, self.sampler)  # type: ignore[arg-type]
         else:
-            obs = core.observe(x, st.site.channel_dim, st.spec, self.sampler, base, borrowed=borrowed, fused=self.fused)
+            obs = core.observe(x, st.site.channel_dim, st.spec, self.sampler, base, borrowed=borrowed, fused=self.fused,
+                               channels=channels)
         out[CORE] = obs
         if base is None and reuse:
             self.seen[ident] = (weakref.ref(x), obs, st)
