@@ -3,6 +3,8 @@
     python benchmarks/gpu_overhead.py                 # on a CUDA machine, a few minutes
     python benchmarks/gpu_overhead.py --compile       # also the torch.compile'd model (inductor, fullgraph)
     python benchmarks/gpu_overhead.py --device cpu --quick   # the smoke test this script is tested with
+    python benchmarks/gpu_overhead.py --device cpu --compile --models resnet8-bn,transformer-ln
+                                                      # overhead.py's CPU models, eager and compiled
 
 For each model: bare training vs ``Recorder(every=1)`` vs ``Recorder(every=10)``, bf16
 autocast, interleaved rounds (bare, every1, every10, then rotated), warm-up excluded,
@@ -36,6 +38,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # op_counts.py, beside this script
+
+import overhead  # noqa: E402  (beside this script: its CPU models)
 
 import normviz  # noqa: E402
 
@@ -117,8 +121,21 @@ class GPT(nn.Module):
 # -- timing -----------------------------------------------------------------------------------------
 def make_case(name: str, device: torch.device, quick: bool) -> tuple[nn.Module, Callable[..., torch.Tensor],
                                                                     torch.optim.Optimizer]:
-    """The model, its loss (of the model, or of ``net``: its compiled version) and its optimizer."""
+    """The model, its loss (of the model, or of ``net``: its compiled version) and its optimizer.
+    Besides ``resnet50`` and ``gpt2``, any model of ``benchmarks/overhead.py`` (float32, its
+    own batch: the CPU models of RESULTS.md's tables)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
+    if name in overhead.MODELS:
+        spec = overhead.MODELS[name]
+        torch.manual_seed(0)
+        model, opt = spec.build()
+        model.to(device)
+        x, y = (t.to(device) for t in spec.data(gen))
+
+        def small_loss(net: Callable[..., torch.Tensor] = model) -> torch.Tensor:
+            return spec.loss(net(x), y)
+
+        return model, small_loss, opt
     if name == "resnet50":
         model = resnet50().to(device)
         batch, size = (4, 64) if quick else (128, 224)
@@ -347,6 +364,8 @@ def main() -> int:
     if args.compile_stats:
         RECORDER_OPTIONS["compile"] = True
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(overhead.THREADS)  # as overhead.py, for comparable CPU figures
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu --quick for the smoke test", file=sys.stderr)
         return 2

@@ -97,6 +97,20 @@ def _images(gen: torch.Generator) -> tuple[Tensor, Tensor]:
     return models.image_classification_data(64, gen, num_classes=10, size=32)
 
 
+def _channels_last(build: Callable[[], tuple[nn.Module, torch.optim.Optimizer]]) -> Callable[
+        [], tuple[nn.Module, torch.optim.Optimizer]]:
+    """The model of ``build`` in the channels-last layout (in place: the optimizer's parameters stay)."""
+    def make() -> tuple[nn.Module, torch.optim.Optimizer]:
+        model, opt = build()
+        return model.to(memory_format=torch.channels_last), opt
+    return make
+
+
+def _images_channels_last(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    x, y = _images(gen)
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
 def _tokens(gen: torch.Generator) -> tuple[Tensor, Tensor]:
     return models.token_data(16, 64, 256, gen)
 
@@ -130,6 +144,20 @@ MODELS: dict[str, ModelSpec] = {
             "ResNet-8 16/32/64 + GroupNorm(4), batch 64x3x32x32, SGD",
             lambda: _with_sgd(models.resnet8("group")),
             _images,
+            F.cross_entropy,
+        ),
+        ModelSpec(
+            "resnet8-bn-cl",
+            "ResNet-8 16/32/64 + BatchNorm2d, channels-last model and batch, batch 64x3x32x32, SGD",
+            _channels_last(lambda: _with_sgd(models.resnet8("batch"))),
+            _images_channels_last,
+            F.cross_entropy,
+        ),
+        ModelSpec(
+            "resnet8-gn-cl",
+            "ResNet-8 16/32/64 + GroupNorm(4), channels-last model and batch, batch 64x3x32x32, SGD",
+            _channels_last(lambda: _with_sgd(models.resnet8("group"))),
+            _images_channels_last,
             F.cross_entropy,
         ),
         ModelSpec(
