@@ -70,6 +70,9 @@ def assert_same_run(a_path, b_path, layer: str = "1", rtol: float = 1e-5):
     with normviz.open(a_path) as a, normviz.open(b_path) as b:
         assert list(a.steps) == list(b.steps)
         assert [(l.name, l.kind, l.calls) for l in a.layers] == [(l.name, l.kind, l.calls) for l in b.layers]
+        # Sites in program order: inductor schedules the observing operators by their data
+        # unless they are chained (normviz.record.compiled._chain).
+        assert [(s.layer, s.role, s.call) for s in a.sites] == [(s.layer, s.role, s.call) for s in b.sites]
         for stat in ("mean", "std", "min", "max", "output_grad_norm"):
             np.testing.assert_allclose(a.stat_all(stat)[1], b.stat_all(stat)[1], rtol=rtol, atol=1e-6)
         np.testing.assert_allclose(a.stat("channel_var", layer, "input"), b.stat("channel_var", layer, "input"),
