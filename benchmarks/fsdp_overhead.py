@@ -17,6 +17,7 @@ Target: the FSDP2 ratios no larger than the single-process ones.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -93,6 +94,10 @@ def worker(args: argparse.Namespace) -> None:
     if rank == 0:
         (out / "times.json").write_text(json.dumps(times))
     if sharded:
+        # torch 2.13 + gloo: FSDP2 state still alive when the process group is destroyed (kept by
+        # reference cycles until the final garbage collection) can abort the process at exit.
+        del step, model, opt
+        gc.collect()
         dist.destroy_process_group()
 
 

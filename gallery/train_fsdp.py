@@ -14,6 +14,7 @@ same statistics (see docs/distributed.md).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def main() -> None:
             opt.step()
             rec.step(loss=loss.detach())
     if sharded:
+        # torch 2.13 + gloo: a sharded model still alive when the process group is destroyed
+        # (kept by reference cycles until the final garbage collection) can abort the process
+        # at exit: free it first.
+        del model, opt, logits, loss
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -4,6 +4,7 @@
 """
 
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -31,4 +32,8 @@ for _ in range(args.steps):
     opt.zero_grad()
     loss.backward()
     opt.step()
+# torch 2.13 + gloo: a sharded model still alive when the process group is destroyed (kept by
+# reference cycles until the final garbage collection) can abort the process at exit: free it first.
+del model, opt, loss
+gc.collect()
 dist.destroy_process_group()
