@@ -116,39 +116,37 @@ def traced_forward(target: str, x: torch.Tensor | None) -> None:
     _chain[0] = torch.ops.normviz.new_forward(x, target)
 
 
-def channel_reductions(t: torch.Tensor | None, channel_dim: int | None) -> list[torch.Tensor]:
-    """Per-channel mean, population variance, minimum and maximum of ``t`` (float32), as
+def _reductions(t: torch.Tensor, dims: list[int]) -> list[torch.Tensor]:
+    """Mean, population variance, minimum and maximum of ``t`` (float32) over ``dims``, as
     traced into the compiled graph: the compiler fuses them into one pass over ``t``, and
     where the model itself reduces ``t`` the same way (a BatchNorm's var_mean) computes
-    them once for both. Empty where the eager path is left to decide (``channel_dim`` None,
-    no reduction dims)."""
-    if t is None or channel_dim is None or t.dim() < 2 or not t.is_floating_point() or type(t) is not torch.Tensor:
-        return []
-    cd = channel_dim % t.dim()
-    dims = [d for d in range(t.dim()) if d != cd]
+    them once for both."""
     v = t.float()
     var, mean = torch.var_mean(v, dim=dims, correction=0)
     return [mean, var, v.amin(dims), v.amax(dims)]
 
 
-def instance_reductions(t: torch.Tensor | None) -> list[torch.Tensor]:
-    """Per-(sample, channel) mean, population variance, minimum and maximum of an (N, C, ...)
-    float32 tensor, [N, C] each, as traced into the graph (a GroupNorm's input: its group and
-    output statistics follow from these)."""
-    if t is None or t.dim() < 3 or t.dtype != torch.float32 or type(t) is not torch.Tensor:
-        return []
-    dims = list(range(2, t.dim()))
-    var, mean = torch.var_mean(t, dim=dims, correction=0)
-    return [mean, var, t.amin(dims), t.amax(dims)]
+def _reducible(t: torch.Tensor, min_dim: int) -> bool:
+    return t.dim() >= min_dim and t.is_floating_point() and type(t) is torch.Tensor
 
 
-def traced_layer(target: str, x: torch.Tensor | None, out: torch.Tensor | None, channel_dim: int | None,
+def traced_layer(target: str, x: torch.Tensor | None, out: torch.Tensor | None, channel_dim: int,
                  instances: bool = False) -> None:
-    """A layer hook's work, as dynamo traces it: the per-channel reductions in the graph (along
-    ``channel_dim``; None: none; ``instances``: the input's per (sample, channel) instead),
-    the rest of the observation in the opaque operator; then the output's gradient tap."""
-    x_channels = instance_reductions(x) if instances else channel_reductions(x, channel_dim)
-    out_channels = channel_reductions(out, channel_dim)
+    """A layer hook's work, as dynamo traces it: the reductions in the graph, the rest of the
+    observation in the opaque operator; then the output's gradient tap. The reductions are
+    per channel (along ``channel_dim``) of the input and output; with ``instances`` (a
+    GroupNorm, whose group and output statistics follow from them) only the input's, per
+    (sample, channel). Tensors that cannot be reduced so are left to the operator."""
+    x_channels: list[torch.Tensor] = []
+    out_channels: list[torch.Tensor] = []
+    if instances:
+        if x is not None and _reducible(x, 3) and x.dtype == torch.float32:
+            x_channels = _reductions(x, list(range(2, x.dim())))
+    else:
+        for t, into in ((x, x_channels), (out, out_channels)):
+            if t is not None and _reducible(t, 2):
+                cd = channel_dim % t.dim()
+                into.extend(_reductions(t, [d for d in range(t.dim()) if d != cd]))
     call = torch.ops.normviz.observe_layer(x, out, x_channels, out_channels, _chain[0], target)
     _chain[0] = call
     if out is not None and out.requires_grad and torch.is_grad_enabled():

@@ -140,7 +140,7 @@ def observe_instances(x: torch.Tensor, sampler: Sampler, fused: FusedReductions 
         mean, var, lo, hi = one_pass
         var = var.view(n, c)
     else:
-        rows = S.instance_source(x)
+        rows = x.contiguous()  # a channels-last input is copied (see instance_mean_invstd)
         mean, invstd = S.instance_mean_invstd(rows)
         lo, hi = S.row_extrema(rows.view(n * c, -1))
         var = FromInvStd(invstd.view(n, c))

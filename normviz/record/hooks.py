@@ -59,7 +59,7 @@ class LayerHook:
     """The forward hook of one module: observes its input (norm layers) and output."""
 
     __slots__ = ("arming", "observer", "training", "name", "spec", "is_norm", "derives", "can_borrow", "module",
-                 "graph_reduced", "graph_instances",
+                 "channel_dim", "graph_instances",
                  "compiled_id", "attention", "__weakref__")
 
     def __init__(self, arming: Arming, observer: Observer, model: nn.Module, name: str, spec: NormSpec | None,
@@ -81,11 +81,10 @@ class LayerHook:
             or (type(module) is nn.GroupNorm and spec.kind == "group")
         )
         self.can_borrow = type(module) in _BORROWING and spec is not None
-        # In a compiled graph, the channel dim its tensors are reduced along (that of its sites);
-        # a GroupNorm's statistics follow from its input's per-(sample, channel) ones instead.
+        # In a compiled graph: the channel dim its tensors are reduced along (that of its sites),
+        # or, for a GroupNorm, its input per (sample, channel), from which the rest follows.
+        self.channel_dim = spec.channel_dim if spec is not None else output_channel_dim(module)
         self.graph_instances = type(module) is nn.GroupNorm and self.derives
-        self.graph_reduced = None if self.graph_instances else (
-            spec.channel_dim if spec is not None else output_channel_dim(module))
         self.compiled_id = compiled.register(self)
         # An attention module: its statistics recompute the logits from the call's inputs.
         self.attention = attention.heads_of(module) > 0
@@ -96,7 +95,7 @@ class LayerHook:
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if torch.compiler.is_compiling():  # traced by dynamo: see normviz.record.compiled
             compiled.traced_layer(self.compiled_id, x if self.is_norm else None, first_tensor(output),
-                                  self.graph_reduced, self.graph_instances)
+                                  self.channel_dim, self.graph_instances)
             return None
         if in_backward():
             # A forward recomputed for backward (activation checkpointing): the step's

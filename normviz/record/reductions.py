@@ -37,17 +37,25 @@ def use_foreach(tensors: Sequence[torch.Tensor], batch: bool | None) -> bool:
     return bool(tensors) and device_kernels(tensors[0])
 
 
+def memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
+    """The order of *t*'s dims in which its values fill one contiguous block, or None: a
+    contiguous tensor, or a channels-last one (inductor's and mixed-precision CNNs' layout)."""
+    if t.is_contiguous():
+        return tuple(range(t.dim()))
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return (0, 2, 3, 4, 1)
+    return None
+
+
 def dense_flat(t: torch.Tensor) -> torch.Tensor | None:
-    """All of *t*'s values as a 1-D view in memory order, or None if they do not fill one
-    contiguous block: a contiguous tensor, or a channels-last one (inductor's and
-    mixed-precision CNNs' layout), whose order-free reductions need not copy it."""
+    """All of *t*'s values as a 1-D view in memory order (see :func:`memory_order`), or None:
+    order-free reductions of it need not copy it."""
     if t.is_contiguous():
         return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).reshape(-1)
-    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
-        return t.permute(0, 2, 3, 4, 1).reshape(-1)
-    return None
+    order = memory_order(t)
+    return t.permute(order).reshape(-1) if order is not None else None
 
 
 def sq_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 
 from normviz.datatypes import NormSpec
 from normviz.record.deferred import var_from_invstd
-from normviz.record.reductions import device_kernels
+from normviz.record.reductions import device_kernels, memory_order
 from normviz.record.sizes import GROUP_LEVELS, HIST_BINS, MAX_GROUPS, PERCENTILE_LEVELS, SAMPLE_SIZE  # noqa: F401
 
 
@@ -106,25 +106,18 @@ def reads_instances(x: torch.Tensor) -> bool:
     extrema the kernels below read: contiguous, or channels-last (through a copy)."""
     if x.dim() < 3 or x.dtype != torch.float32 or math.prod(x.shape[2:]) < 2:
         return False
-    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) or (
-        x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))
-
-
-def instance_source(x: torch.Tensor) -> torch.Tensor:
-    """What :func:`instance_mean_invstd` reads *x* (that :func:`reads_instances`) from: itself,
-    or a contiguous copy of a channels-last tensor. PyTorch's group-norm kernel reads those
-    as they are, but its statistics lose the variance where |mean| >> std (1e-2 relative at
-    |mean|/std = 100, against 1e-6 contiguous) and, with one channel per group, it is 5-10x
-    slower on CPU than the copy and the contiguous kernel together from 32 channels on."""
-    return x if x.is_contiguous() else x.contiguous()
+    return memory_order(x) is not None
 
 
 def instance_mean_invstd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and 1/std of every (sample, channel) row of a contiguous float32 (N, C, ...) tensor
-    (see :func:`instance_source`), [N, C] each: PyTorch's group-norm statistics kernel with
-    one channel per group (a constant row has 1/std = inf). One fused pass with wide
-    accumulators, 1-2x faster on CPU than the shifted sums of :func:`channel_moments` along
-    the rows, and more precise."""
+    """Mean and 1/std of every (sample, channel) row of a contiguous float32 (N, C, ...) tensor,
+    [N, C] each: PyTorch's group-norm statistics kernel with one channel per group (a constant
+    row has 1/std = inf). One fused pass with wide accumulators, 1-2x faster on CPU than the
+    shifted sums of :func:`channel_moments` along the rows, and more precise. Contiguous only:
+    the kernel reads a channels-last tensor as it is, but its statistics then lose the
+    variance where |mean| >> std (1e-2 relative at |mean|/std = 100, against 1e-6), and with
+    one channel per group it is 5-10x slower on CPU than a copy and this kernel together from
+    32 channels on."""
     n, c = x.shape[0], x.shape[1]
     _, mean, rstd = torch.native_group_norm(x, None, None, n, c, x[0, 0].numel(), c, 0.0)
     return mean.view(n, c), rstd.view(n, c)
