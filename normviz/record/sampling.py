@@ -8,7 +8,7 @@ step for a ResNet-8. Here the indices are counter-based instead: once per layout
 site (in the order the previous recorded step sampled them) gets its 4096 base positions
 drawn uniformly; each step adds one fresh random offset per site, and takes the sum modulo
 the site's size. Each index is uniform on every step, the steps' samples differ, and the
-cost is three ops for all sites together plus one ``take`` per site. A site whose size
+cost is three ops for all sites together plus one gather per site. A site whose size
 differs from the previous step's (a smaller last batch, a new site) draws its own indices.
 
 The random numbers come from the recorder's own seeded generators (one per device), never
@@ -55,7 +55,8 @@ class Sampler:
     def draw(self, x: torch.Tensor) -> torch.Tensor:
         """``size`` values of ``x`` (any layout) as float32."""
         # A uniform sample of positions is one in any order of them: a dense tensor is read
-        # in memory order (``torch.take`` of a channels-last tensor copies it first, 10x slower).
+        # in memory order (``torch.take`` of a channels-last tensor copies it first, 10x slower),
+        # through ``index_select`` on its flat view (2-2.5x faster than ``take`` on CPU).
         flat = dense_flat(x)
         x = flat if flat is not None else x
         d = self._draws.get(x.device)
@@ -69,7 +70,7 @@ class Sampler:
             idx = d.indices[k]
         else:
             idx = torch.randint(0, numel, (self.size,), generator=self.gen(x.device), device=x.device)
-        return torch.take(x, idx).float()
+        return (x.index_select(0, idx) if flat is not None else torch.take(x, idx)).float()
 
     def _step_indices(self, d: _DeviceDraws, device: torch.device) -> torch.Tensor:
         """This step's indices of every expected site: (base + a random offset per site) mod size."""
