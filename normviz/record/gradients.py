@@ -27,7 +27,7 @@ from torch import nn
 
 from normviz.record import shards
 from normviz.record.optimizer import describe_optimizer, group_lrs
-from normviz.record.reductions import abs_sum_max, angle_between, sq_norms
+from normviz.record.reductions import Scratch, abs_norms, angle_between, copy_sq_norms, sq_norms, update_sq_norms
 from normviz.store.schema import GRAD_PARTIAL_VALUES
 
 
@@ -68,6 +68,7 @@ class GradientTracker:
         # steps, because allocating a copy of every parameter each recorded step costs
         # 10x the copy itself on CPU (fresh pages); see docs/recording.md.
         self._buffers: list[torch.Tensor] | None = None
+        self._scratch = Scratch()  # |grad| of one parameter at a time, for the same reason
         self._closure = False
         self._weight_norm: torch.Tensor | None = None
         self._weight_sumsq: torch.Tensor | None = None
@@ -226,12 +227,13 @@ class GradientTracker:
 
     def _before_step(self, args: Any, kwargs: Any) -> None:
         self._closure = _has_closure(args, kwargs)
-        if not self._closure:
-            self._compute()
         with torch.no_grad():
-            self._snapshot = self._copy_weights()
+            snapshot, before_sq = self._copy_weights()  # one read of each weight: copied and measured
             if self._closure:  # the gradients do not exist yet: the closure computes them
-                self._weights()
+                self._weights(before_sq)
+            else:
+                self._compute(before_sq)
+            self._snapshot = snapshot
 
     def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._snapshot is not None and self._is_ours(optimizer):
@@ -263,11 +265,9 @@ class GradientTracker:
             if weight_sumsq is not None:
                 self._result["weight_sumsq"] = weight_sumsq
         with torch.no_grad():
-            deltas = self._snapshot
-            weights = self._locals()
-            torch._foreach_sub_(deltas, weights)  # old - new, in place
-            layer_sq = self._per_layer(sq_norms(deltas))
-            after_sq = self._per_layer(sq_norms(weights))
+            delta_sq, weight_sq = update_sq_norms(self._snapshot, self._locals())  # old - new, in place
+            layer_sq = self._per_layer(delta_sq)
+            after_sq = self._per_layer(weight_sq)
             self._result["update_ratio"] = layer_sq.sqrt() / self._weight_norm
             # The rotation of each layer's weights by the step (Kosson et al. 2024's angular update).
             self._result["update_angle"] = angle_between(self._weight_norm, after_sq.sqrt(), layer_sq.sqrt())
@@ -281,16 +281,15 @@ class GradientTracker:
             return self._params
         return [shards.local(p) for p in self._params]
 
-    def _copy_weights(self) -> list[torch.Tensor]:
-        """The parameters' current values, copied into the kept buffers."""
+    def _copy_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The parameters' current values, copied into the kept buffers, and their squared norms."""
         weights = self._locals()  # read under no_grad: no detached aliases needed (each costs ~5 us)
         buffers = self._buffers
         if buffers is None or len(buffers) != len(weights) or any(
             b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(buffers, weights)
         ):
             buffers = self._buffers = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
-        torch._foreach_copy_(buffers, weights)
-        return buffers
+        return buffers, copy_sq_norms(buffers, weights)
 
     def _owner_t(self, device: torch.device) -> torch.Tensor:
         cache = self._owner_cache.get(device)
@@ -308,9 +307,10 @@ class GradientTracker:
         return torch.zeros(self.n_layers, device=per_param.device).index_add_(
             0, self._owner_t(per_param.device), per_param)
 
-    def _weights(self) -> None:
-        """The weight norm of every layer (and its partial sum of squares when sharded)."""
-        w_sq = self._per_layer(sq_norms(self._locals()))
+    def _weights(self, per_param_sq: torch.Tensor | None = None) -> None:
+        """The weight norm of every layer (and its partial sum of squares when sharded), from the
+        parameters' squared norms if given."""
+        w_sq = self._per_layer(per_param_sq if per_param_sq is not None else sq_norms(self._locals()))
         self._weight_norm = w_sq.sqrt()
         self._result["weight_norm"] = self._weight_norm
         if self.sharded:
@@ -366,18 +366,19 @@ class GradientTracker:
             self._result[GRAD_PARTIAL_VALUES] = torch.cat(values)
         return present, grads
 
-    def _compute(self) -> None:
-        """Gradient and weight statistics of every layer, on the device, no host sync."""
+    def _compute(self, weights_sq: torch.Tensor | None = None) -> None:
+        """Gradient and weight statistics of every layer, on the device, no host sync (the
+        weights' per-parameter squared norms measured already, if given)."""
         with torch.no_grad():
             device = self._params[0].device
             self._result = {}
             present, grads = self._gradients()
-            self._weights()
+            self._weights(weights_sq)
             if not present:
                 return
             sub_owner, have, count, divisor = self._present_index(tuple(present), device)
             zeros = torch.zeros(self.n_layers, device=device)
-            l2, (l1, linf) = sq_norms(grads), abs_sum_max(grads)
+            l2, l1, linf = abs_norms(grads, scratch=self._scratch)
             if self.sharded:
                 mask = torch.tensor([self._counted[i] for i in present], device=device)
                 l2, l1 = l2 * mask, l1 * mask

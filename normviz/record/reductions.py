@@ -66,21 +66,126 @@ def sq_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None) -> t
     small = []
     all_batched = use_foreach(tensors, batch)
     for i, t in enumerate(tensors):
-        flat = dense_flat(t) if not all_batched and t.dtype == torch.float32 and t.numel() >= _DOT_MIN else None
+        flat = _dot_flat(t) if not all_batched else None
         if flat is not None:
             out[i] = torch.dot(flat, flat)
         else:
             small.append(i)
-    if small:
-        squares: Sequence[torch.Tensor]
-        try:
-            norms = torch._foreach_norm([tensors[i] for i in small], 2.0, dtype=torch.float32)
-            squares = torch._foreach_mul(norms, norms)
-        except (AttributeError, RuntimeError, TypeError):
-            squares = [torch.linalg.vector_norm(tensors[i], dtype=torch.float32).square() for i in small]
-        for i, sq in zip(small, squares):
-            out[i] = sq
+    _fill_small(out, tensors, small)
     return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _dot_flat(t: torch.Tensor) -> torch.Tensor | None:
+    """*t* as a flat view where a BLAS dot is the fastest way to its squared norm on CPU (large
+    dense float32 tensors), else None."""
+    return dense_flat(t) if t.dtype == torch.float32 and t.numel() >= _DOT_MIN else None
+
+
+def _fill_small(out: list[torch.Tensor | None], tensors: Sequence[torch.Tensor], small: Sequence[int]) -> None:
+    """``out[i] = ‖tensors[i]‖²`` for every i of *small*, with one ``_foreach_norm``."""
+    if not small:
+        return
+    squares: Sequence[torch.Tensor]
+    try:
+        norms = torch._foreach_norm([tensors[i] for i in small], 2.0, dtype=torch.float32)
+        squares = torch._foreach_mul(norms, norms)
+    except (AttributeError, RuntimeError, TypeError):
+        squares = [torch.linalg.vector_norm(tensors[i], dtype=torch.float32).square() for i in small]
+    for i, sq in zip(small, squares):
+        out[i] = sq
+
+
+def abs_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None,
+              scratch: Scratch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-tensor ‖t‖², Σ|t| and max|t|, float32 (a gradient's three norms). Off the CPU (or
+    ``batch=True``) :func:`sq_norms` and :func:`abs_sum_max` batched. On CPU each tensor is read
+    once: its absolute values go into *scratch*'s buffer (or a fresh tensor) and the three
+    reductions read them there while they are in cache (|t|·|t| = t·t, product by product)."""
+    if use_foreach(tensors, batch):
+        l1, linf = abs_sum_max(tensors, batch=True)
+        return sq_norms(tensors, batch=True), l1, linf
+    squares: list[torch.Tensor | None] = [None] * len(tensors)
+    small, sums, maxes = [], [], []
+    for i, t in enumerate(tensors):
+        if t.numel() == 0:  # an empty shard (FSDP2 on more ranks than rows): adds nothing
+            zero = torch.zeros((), device=t.device)
+            squares[i] = zero
+            sums.append(zero)
+            maxes.append(zero)
+            continue
+        a = torch.abs(t, out=scratch.like(t)) if scratch is not None else t.abs()
+        sums.append(a.sum(dtype=torch.float32))
+        maxes.append(a.amax().float())
+        flat = _dot_flat(a)
+        if flat is not None:
+            squares[i] = torch.dot(flat, flat)
+        else:
+            small.append(i)
+    _fill_small(squares, tensors, small)
+    return torch.stack(squares), torch.stack(sums), torch.stack(maxes)  # type: ignore[arg-type]
+
+
+def copy_sq_norms(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], *,
+                  batch: bool | None = None) -> torch.Tensor:
+    """Copy each tensor of *src* into the contiguous tensor of *dst* at its index, and return
+    ‖src‖² per tensor (float32). On CPU a large tensor's norm is taken from its copy right
+    after copying it, while in cache: one read of the original instead of two."""
+    if use_foreach(src, batch):
+        torch._foreach_copy_(list(dst), list(src))
+        return sq_norms(dst, batch=True)
+    big = [i for i in range(len(src)) if _dot_flat(dst[i]) is not None]
+    rest = sorted(set(range(len(src))) - set(big))
+    if rest:
+        torch._foreach_copy_([dst[i] for i in rest], [src[i] for i in rest])
+    out: list[torch.Tensor | None] = [None] * len(src)
+    for i in big:
+        flat = dst[i].copy_(src[i]).view(-1)
+        out[i] = torch.dot(flat, flat)
+    _fill_small(out, dst, rest)
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def update_sq_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], *,
+                    batch: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``before[i] -= after[i]`` in place (contiguous *before*), then per tensor ‖before − after‖²
+    and ‖after‖² (float32). On CPU a large tensor's two norms are taken right after its
+    subtraction read both, while they are in cache."""
+    if use_foreach(after, batch):
+        torch._foreach_sub_(list(before), list(after))
+        return sq_norms(before, batch=True), sq_norms(after, batch=True)
+    big = [i for i, t in enumerate(before) if _dot_flat(t) is not None and _dot_flat(after[i]) is not None]
+    rest = sorted(set(range(len(before))) - set(big))
+    if rest:
+        torch._foreach_sub_([before[i] for i in rest], [after[i] for i in rest])
+    delta: list[torch.Tensor | None] = [None] * len(before)
+    kept: list[torch.Tensor | None] = [None] * len(before)
+    for i in big:
+        d = before[i].sub_(after[i]).view(-1)
+        w = _dot_flat(after[i])
+        assert w is not None
+        delta[i], kept[i] = torch.dot(d, d), torch.dot(w, w)
+    _fill_small(delta, before, rest)
+    _fill_small(kept, after, rest)
+    return torch.stack(delta), torch.stack(kept)  # type: ignore[arg-type]
+
+
+class Scratch:
+    """Kept buffers for per-tensor temporaries, one per (device, dtype), grown to the largest
+    tensor asked for. On CPU a fresh temporary the size of a large parameter at every recorded
+    step costs more than the pass that fills it: glibc's allocator returns large freed blocks
+    to the OS and maps fresh pages for the next one (measured: a deep MLP's recorded step
+    ~2 ms slower, of ~10 ms recording adds; see docs/recording.md)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        """A contiguous tensor of *t*'s shape, dtype and device, overwritten by the next call."""
+        key = (t.device, t.dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < t.numel():
+            buf = self._buffers[key] = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+        return buf[: t.numel()].view(t.shape)
 
 
 def abs_sum_max(tensors: Sequence[torch.Tensor], *, batch: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
