@@ -449,6 +449,67 @@ class ItemHooks(Variant):
             yield lambda loss: None
 
 
+class FloorReads(Variant):
+    """Not a tool: a lower bound for any exact recorder. One read of every tensor normviz reads
+    at a recorded step, by the cheapest full reduction there is (``sum``), and nothing else:
+    each distinct activation of a layer normviz records (a norm layer's input and output, another
+    layer's output; not a training BatchNorm's or a GroupNorm's output, which normviz derives), each
+    such layer's output gradient and each parameter's gradient. No second pass for the moments or
+    extrema, no sample, no gradient or update statistics, no row, no writer."""
+
+    name, label = "floor-reads", "floor: one read of each recorded tensor (not a tool)"
+
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module, session: Session) -> Iterator[StepHook]:
+        from normviz.plugins import get_plugin_host
+
+        host = get_plugin_host()
+        derived = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
+        read: dict[int, Tensor] = {}  # this step's tensors by id, each read once (kept: ids stay unique)
+
+        def read_once(t: Tensor | None) -> None:
+            if t is not None and t.is_floating_point() and read.get(id(t)) is not t:
+                read[id(t)] = t
+                t.sum()
+
+        def read_grad(g: Tensor) -> None:
+            g.sum()
+
+        def make(module: nn.Module, norm: bool) -> Callable[[nn.Module, Any, Any], None]:
+            def hook(mod: nn.Module, args: Any, output: Any) -> None:
+                if not isinstance(output, Tensor):
+                    return
+                with torch.no_grad():
+                    if norm and args and isinstance(args[0], Tensor):
+                        read_once(args[0])
+                    if not (mod.training and isinstance(mod, derived)):
+                        read_once(output)
+                if output.requires_grad:
+                    output.register_hook(read_grad)
+
+            return hook
+
+        handles = []
+        for name, module in model.named_modules():
+            norm = host.classify(name, module) is not None
+            if norm or any(True for _ in module.parameters(recurse=False)):
+                handles.append(module.register_forward_hook(make(module, norm)))
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def on_step(loss: Tensor) -> None:
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.sum()
+            read.clear()
+
+        try:
+            yield on_step
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def make_variants() -> dict[str, Variant]:
     variants: list[Variant] = [
         Bare(),
@@ -461,6 +522,7 @@ def make_variants() -> dict[str, Variant]:
         FastaiVariant(),
         WandbVariant(),
         ItemHooks(),
+        FloorReads(),
     ]
     return {v.name: v for v in variants}
 
