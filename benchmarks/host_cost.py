@@ -9,12 +9,14 @@ layers, parameters and optimizer, but kernels of a few microseconds — bare and
 cost: the hooks' Python, the dispatch of its tensor ops, the row's assembly and the writer
 thread's work (sorting the samples, HDF5), which do not shrink with the tensors. On a GPU the
 kernels run asynchronously and this is the part the training thread pays in full: a model whose
-step is host-bound (many small layers, a fast GPU) slows down by about this much per recorded step.
+step is host-bound (many small layers, a fast GPU) slows down by about this much per recorded step. Runs with overhead.py's allocator setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -110,4 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # overhead.py's allocator setting (see benchmarks/README.md), which glibc reads at process start.
+    if platform.system() == "Linux" and any(os.environ.get(k) != v for k, v in overhead.STEADY_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+                  {**os.environ, **overhead.STEADY_MALLOC})
     raise SystemExit(main())

@@ -845,7 +845,7 @@ def environment(variants: list[Variant], memory: PeakMemory, argv: list[str]) ->
     }
     for variant in variants:
         key = "normviz" if variant.name.startswith("normviz-every") else variant.name
-        if key in ("bare", "bare-again", "item-hooks"):
+        if key in ("bare", "bare-again", "item-hooks", "floor-reads"):  # no package of their own
             continue
         versions[key] = variant.version() or versions.get(key) or "not installed"
     return {
