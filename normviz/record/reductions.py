@@ -68,11 +68,25 @@ def sq_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None) -> t
     for i, t in enumerate(tensors):
         flat = _dot_flat(t) if not all_batched else None
         if flat is not None:
-            out[i] = torch.dot(flat, flat)
+            out[i] = _sq_dot(flat)
         else:
             small.append(i)
     _fill_small(out, tensors, small)
     return torch.stack(out)  # type: ignore[arg-type]
+
+
+#: Values per piece in which the CPU paths read a large dense tensor: each BLAS dot
+#: accumulates at most this many float32 products (one dot over 10**6 values was 2.5e-5 off
+#: float64), a piece of float32 stays in a core's L2 cache, and :func:`abs_norms`'s scratch
+#: buffer stays at 1 MiB, not the size of the largest parameter.
+_PIECE = 1 << 18
+
+
+def _sq_dot(flat: torch.Tensor) -> torch.Tensor:
+    """‖flat‖² of a 1-D float32 tensor by BLAS dots over pieces of :data:`_PIECE` values."""
+    if flat.numel() <= _PIECE:
+        return torch.dot(flat, flat)
+    return torch.stack([torch.dot(p, p) for p in flat.split(_PIECE)]).sum()
 
 
 def _dot_flat(t: torch.Tensor) -> torch.Tensor | None:
@@ -113,16 +127,36 @@ def abs_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None,
             sums.append(zero)
             maxes.append(zero)
             continue
-        a = torch.abs(t, out=scratch.like(t)) if scratch is not None else t.abs()
-        sums.append(a.sum(dtype=torch.float32))
-        maxes.append(a.amax().float())
-        flat = _dot_flat(a)
-        if flat is not None:
-            squares[i] = torch.dot(flat, flat)
+        sq, total, peak = _abs_norms_one(t, scratch)
+        sums.append(total)
+        maxes.append(peak)
+        if sq is not None:
+            squares[i] = sq
         else:
             small.append(i)
     _fill_small(squares, tensors, small)
     return torch.stack(squares), torch.stack(sums), torch.stack(maxes)  # type: ignore[arg-type]
+
+
+def _abs_norms_one(t: torch.Tensor, scratch: Scratch | None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """‖t‖² (None where a dot is not the way: see :func:`sq_norms`), Σ|t| and max|t| of one
+    non-empty tensor; a dense one piece by piece through *scratch*, each piece reduced before
+    the next overwrites it."""
+    flat = dense_flat(t) if scratch is not None else None
+    # No scratch, or a tensor with gaps: a fresh |t| of its own, in one piece.
+    pieces = flat.split(_PIECE) if flat is not None else (t,)
+    dot = _dot_flat(t) is not None
+    sums, peaks, dots = [], [], []
+    for piece in pieces:
+        a = torch.abs(piece, out=scratch.like(piece)) if scratch is not None and flat is not None else piece.abs()
+        sums.append(a.sum(dtype=torch.float32))
+        peaks.append(a.amax().float())
+        if dot:
+            flat_a = a.view(-1)
+            dots.append(torch.dot(flat_a, flat_a))
+    if len(pieces) == 1:
+        return (dots[0] if dot else None), sums[0], peaks[0]
+    return (torch.stack(dots).sum() if dot else None), torch.stack(sums).sum(), torch.stack(peaks).amax()
 
 
 def copy_sq_norms(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], *,
@@ -139,8 +173,7 @@ def copy_sq_norms(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], *,
         torch._foreach_copy_([dst[i] for i in rest], [src[i] for i in rest])
     out: list[torch.Tensor | None] = [None] * len(src)
     for i in big:
-        flat = dst[i].copy_(src[i]).view(-1)
-        out[i] = torch.dot(flat, flat)
+        out[i] = _sq_dot(dst[i].copy_(src[i]).view(-1))
     _fill_small(out, dst, rest)
     return torch.stack(out)  # type: ignore[arg-type]
 
@@ -163,7 +196,7 @@ def update_sq_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
         d = before[i].sub_(after[i]).view(-1)
         w = _dot_flat(after[i])
         assert w is not None
-        delta[i], kept[i] = torch.dot(d, d), torch.dot(w, w)
+        delta[i], kept[i] = _sq_dot(d), _sq_dot(w)
     _fill_small(delta, before, rest)
     _fill_small(kept, after, rest)
     return torch.stack(delta), torch.stack(kept)  # type: ignore[arg-type]
@@ -171,10 +204,11 @@ def update_sq_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
 
 class Scratch:
     """Kept buffers for per-tensor temporaries, one per (device, dtype), grown to the largest
-    tensor asked for. On CPU a fresh temporary the size of a large parameter at every recorded
-    step costs more than the pass that fills it: glibc's allocator returns large freed blocks
-    to the OS and maps fresh pages for the next one (measured: a deep MLP's recorded step
-    ~2 ms slower, of ~10 ms recording adds; see docs/recording.md)."""
+    tensor asked for (:func:`abs_norms` asks for at most 2**18 values). On CPU a fresh
+    temporary the size of a large parameter at every recorded step costs more than the pass
+    that fills it: glibc's allocator returns large freed blocks to the OS and maps fresh pages
+    for the next one (measured: a deep MLP's recorded step ~2 ms slower, of ~10 ms recording
+    adds; see docs/recording.md)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
