@@ -84,9 +84,12 @@ _PIECE = 1 << 18
 
 def _sq_dot(flat: torch.Tensor) -> torch.Tensor:
     """‖flat‖² of a 1-D float32 tensor by BLAS dots over pieces of :data:`_PIECE` values."""
-    if flat.numel() <= _PIECE:
-        return torch.dot(flat, flat)
-    return torch.stack([torch.dot(p, p) for p in flat.split(_PIECE)]).sum()
+    return _total([torch.dot(p, p) for p in flat.split(_PIECE)])
+
+
+def _total(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The sum of a tensor's per-piece partial results (the one part itself if it had one piece)."""
+    return parts[0] if len(parts) == 1 else torch.stack(list(parts)).sum()
 
 
 def _dot_flat(t: torch.Tensor) -> torch.Tensor | None:
@@ -154,9 +157,8 @@ def _abs_norms_one(t: torch.Tensor, scratch: Scratch | None) -> tuple[torch.Tens
         if dot:
             flat_a = a.view(-1)
             dots.append(torch.dot(flat_a, flat_a))
-    if len(pieces) == 1:
-        return (dots[0] if dot else None), sums[0], peaks[0]
-    return (torch.stack(dots).sum() if dot else None), torch.stack(sums).sum(), torch.stack(peaks).amax()
+    peak = peaks[0] if len(peaks) == 1 else torch.stack(peaks).amax()
+    return (_total(dots) if dot else None), _total(sums), peak
 
 
 def copy_sq_norms(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], *,
@@ -173,7 +175,11 @@ def copy_sq_norms(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], *,
         torch._foreach_copy_([dst[i] for i in rest], [src[i] for i in rest])
     out: list[torch.Tensor | None] = [None] * len(src)
     for i in big:
-        out[i] = _sq_dot(dst[i].copy_(src[i]).view(-1))
+        if src[i].is_contiguous():  # piece by piece: each piece's dot reads it right after its copy
+            pairs = zip(dst[i].view(-1).split(_PIECE), src[i].view(-1).split(_PIECE))
+            out[i] = _total([torch.dot(d.copy_(s), d) for d, s in pairs])
+        else:
+            out[i] = _sq_dot(dst[i].copy_(src[i]).view(-1))
     _fill_small(out, dst, rest)
     return torch.stack(out)  # type: ignore[arg-type]
 
@@ -193,10 +199,14 @@ def update_sq_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
     delta: list[torch.Tensor | None] = [None] * len(before)
     kept: list[torch.Tensor | None] = [None] * len(before)
     for i in big:
-        d = before[i].sub_(after[i]).view(-1)
-        w = _dot_flat(after[i])
-        assert w is not None
-        delta[i], kept[i] = _sq_dot(d), _sq_dot(w)
+        if after[i].is_contiguous():  # piece by piece: both dots read the piece the subtraction just read
+            pairs = zip(before[i].view(-1).split(_PIECE), after[i].view(-1).split(_PIECE))
+            dots = [(torch.dot(b.sub_(a), b), torch.dot(a, a)) for b, a in pairs]
+            delta[i], kept[i] = _total([d for d, _ in dots]), _total([w for _, w in dots])
+        else:
+            w = _dot_flat(after[i])
+            assert w is not None
+            delta[i], kept[i] = _sq_dot(before[i].sub_(after[i]).view(-1)), _sq_dot(w)
     _fill_small(delta, before, rest)
     _fill_small(kept, after, rest)
     return torch.stack(delta), torch.stack(kept)  # type: ignore[arg-type]
