@@ -475,7 +475,7 @@ class FloorReads(Variant):
         def read_grad(g: Tensor) -> None:
             g.sum()
 
-        def make(module: nn.Module, norm: bool) -> Callable[[nn.Module, Any, Any], None]:
+        def make(norm: bool) -> Callable[[nn.Module, Any, Any], None]:
             def hook(mod: nn.Module, args: Any, output: Any) -> None:
                 if not isinstance(output, Tensor):
                     return
@@ -493,7 +493,7 @@ class FloorReads(Variant):
         for name, module in model.named_modules():
             norm = host.classify(name, module) is not None
             if norm or any(True for _ in module.parameters(recurse=False)):
-                handles.append(module.register_forward_hook(make(module, norm)))
+                handles.append(module.register_forward_hook(make(norm)))
         params = [p for p in model.parameters() if p.requires_grad]
 
         def on_step(loss: Tensor) -> None:

@@ -8,7 +8,7 @@ they share, each as a float32 tensor (no host sync).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -87,6 +87,15 @@ def _sq_dot(flat: torch.Tensor) -> torch.Tensor:
     return _total([torch.dot(p, p) for p in flat.split(_PIECE)])
 
 
+def _partition(large: Iterable[bool]) -> tuple[list[int], list[int]]:
+    """The indices where *large* is true, and the others."""
+    big: list[int] = []
+    rest: list[int] = []
+    for i, is_big in enumerate(large):
+        (big if is_big else rest).append(i)
+    return big, rest
+
+
 def _total(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """The sum of a tensor's per-piece partial results (the one part itself if it had one piece)."""
     return parts[0] if len(parts) == 1 else torch.stack(list(parts)).sum()
@@ -115,12 +124,16 @@ def _fill_small(out: list[torch.Tensor | None], tensors: Sequence[torch.Tensor],
 def abs_norms(tensors: Sequence[torch.Tensor], *, batch: bool | None = None,
               scratch: Scratch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-tensor ‖t‖², Σ|t| and max|t|, float32 (a gradient's three norms). Off the CPU (or
-    ``batch=True``) :func:`sq_norms` and :func:`abs_sum_max` batched. On CPU each tensor is read
+    ``batch=True``) one ``_foreach_norm`` per order (2, 1, ∞) for all. On CPU each tensor is read
     once: its absolute values go into *scratch*'s buffer (or a fresh tensor) and the three
     reductions read them there while they are in cache (|t|·|t| = t·t, product by product)."""
     if use_foreach(tensors, batch):
-        l1, linf = abs_sum_max(tensors, batch=True)
-        return sq_norms(tensors, batch=True), l1, linf
+        try:
+            l1 = torch._foreach_norm(list(tensors), 1.0, dtype=torch.float32)
+            linf = torch._foreach_norm(list(tensors), math.inf, dtype=torch.float32)
+            return sq_norms(tensors, batch=True), torch.stack(l1), torch.stack(linf)
+        except (AttributeError, RuntimeError, TypeError):  # another PyTorch: per tensor below
+            pass
     squares: list[torch.Tensor | None] = [None] * len(tensors)
     small, sums, maxes = [], [], []
     for i, t in enumerate(tensors):
@@ -145,10 +158,10 @@ def _abs_norms_one(t: torch.Tensor, scratch: Scratch | None) -> tuple[torch.Tens
     """‖t‖² (None where a dot is not the way: see :func:`sq_norms`), Σ|t| and max|t| of one
     non-empty tensor; a dense one piece by piece through *scratch*, each piece reduced before
     the next overwrites it."""
-    flat = dense_flat(t) if scratch is not None else None
-    # No scratch, or a tensor with gaps: a fresh |t| of its own, in one piece.
+    flat = dense_flat(t)
+    dot = flat is not None and t.dtype == torch.float32 and t.numel() >= _DOT_MIN  # as _dot_flat decides
+    # A tensor with gaps: a fresh |t| of its own, in one piece.
     pieces = flat.split(_PIECE) if flat is not None else (t,)
-    dot = _dot_flat(t) is not None
     sums, peaks, dots = [], [], []
     for piece in pieces:
         a = torch.abs(piece, out=scratch.like(piece)) if scratch is not None and flat is not None else piece.abs()
@@ -169,8 +182,7 @@ def copy_sq_norms(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], *,
     if use_foreach(src, batch):
         torch._foreach_copy_(list(dst), list(src))
         return sq_norms(dst, batch=True)
-    big = [i for i in range(len(src)) if _dot_flat(dst[i]) is not None]
-    rest = sorted(set(range(len(src))) - set(big))
+    big, rest = _partition(_dot_flat(d) is not None for d in dst)
     if rest:
         torch._foreach_copy_([dst[i] for i in rest], [src[i] for i in rest])
     out: list[torch.Tensor | None] = [None] * len(src)
@@ -192,8 +204,8 @@ def update_sq_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
     if use_foreach(after, batch):
         torch._foreach_sub_(list(before), list(after))
         return sq_norms(before, batch=True), sq_norms(after, batch=True)
-    big = [i for i, t in enumerate(before) if _dot_flat(t) is not None and _dot_flat(after[i]) is not None]
-    rest = sorted(set(range(len(before))) - set(big))
+    flats = [_dot_flat(a) if _dot_flat(b) is not None else None for b, a in zip(before, after)]
+    big, rest = _partition(f is not None for f in flats)
     if rest:
         torch._foreach_sub_([before[i] for i in rest], [after[i] for i in rest])
     delta: list[torch.Tensor | None] = [None] * len(before)
@@ -204,7 +216,7 @@ def update_sq_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
             dots = [(torch.dot(b.sub_(a), b), torch.dot(a, a)) for b, a in pairs]
             delta[i], kept[i] = _total([d for d, _ in dots]), _total([w for _, w in dots])
         else:
-            w = _dot_flat(after[i])
+            w = flats[i]
             assert w is not None
             delta[i], kept[i] = _sq_dot(before[i].sub_(after[i]).view(-1)), _sq_dot(w)
     _fill_small(delta, before, rest)
@@ -230,29 +242,6 @@ class Scratch:
         if buf is None or buf.numel() < t.numel():
             buf = self._buffers[key] = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
         return buf[: t.numel()].view(t.shape)
-
-
-def abs_sum_max(tensors: Sequence[torch.Tensor], *, batch: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor sum and max of absolute values, float32: on CPU one abs pass and two
-    reductions each; elsewhere (or ``batch=True``) two ``_foreach_norm`` calls (orders 1
-    and ∞) for all."""
-    if use_foreach(tensors, batch):
-        try:
-            l1 = torch._foreach_norm(list(tensors), 1.0, dtype=torch.float32)
-            linf = torch._foreach_norm(list(tensors), math.inf, dtype=torch.float32)
-            return torch.stack(l1), torch.stack(linf)
-        except (AttributeError, RuntimeError, TypeError):  # another PyTorch: per tensor below
-            pass
-    sums, maxes = [], []
-    for t in tensors:
-        if t.numel() == 0:  # an empty shard (FSDP2 on more ranks than rows): adds nothing
-            sums.append(torch.zeros((), device=t.device))
-            maxes.append(torch.zeros((), device=t.device))
-            continue
-        a = t.abs()
-        sums.append(a.sum(dtype=torch.float32))
-        maxes.append(a.amax().float())
-    return torch.stack(sums), torch.stack(maxes)
 
 
 def sq_norm(t: torch.Tensor) -> torch.Tensor:
